@@ -1,0 +1,46 @@
+"""Command-line checks that run before Hydra composes the config.
+
+Hydra reports an unknown config-group option as a multi-line error; this prints one line with
+the valid choices instead and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def group_options(conf_dir: Path, group: str) -> list[str]:
+    folder = conf_dir / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> str | None:
+    """Return a one-line error for the first ``group=option`` naming no config file, else None.
+
+    Handles sweeps (``objective=vae,iwae``) and Hydra's ``+``/``~``/``++`` prefixes.
+    """
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if "." in key and not key.startswith("hydra/"):
+            continue  # a key inside a group (k=5, data.batch_size=...) is checked later
+        options = group_options(conf_dir, key)
+        if not options:
+            continue
+        for choice in value.split(","):
+            choice = choice.strip()
+            if choice and choice != "null" and choice not in options:
+                return f"unknown {key} {choice!r}; choose one of: {', '.join(options)}"
+    return None
+
+
+def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
+    message = check_overrides(sys.argv[1:] if argv is None else argv)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,194 @@
+"""The paper's generative model p(x, h) and inference network q(h | x) (Burda et al. 2015, sec. 5).
+
+Stochastic layers are diagonal Gaussians whose mean is linear and whose standard deviation is
+exp(linear) in the output of a tanh MLP; the prior is N(0, I); the output is Bernoulli.
+
+Log densities are written out by hand rather than through ``torch.distributions``: at batch
+size 20 the distribution objects' construction and argument checks cost more than the
+arithmetic. ``tests/test_model.py`` checks every density against ``torch.distributions``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from iwae.errors import UserError
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def gaussian_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(z; mean, diag(exp(log_std))^2), summed over the last dimension."""
+    eps = (z - mean) * torch.exp(-log_std)
+    return (-0.5 * eps.square() - log_std).sum(-1) - z.shape[-1] * HALF_LOG_2PI
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, I), summed over the last dimension."""
+    return -0.5 * z.square().sum(-1) - z.shape[-1] * HALF_LOG_2PI
+
+
+def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
+    """log Bernoulli(x; sigmoid(logits)), summed over the last dimension (x broadcasts)."""
+    return (x * logits - F.softplus(logits)).sum(-1)
+
+
+def tanh_mlp(sizes: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class GaussianLayer(nn.Module):
+    """A tanh MLP followed by one fused linear head giving (mean, log_std) of a Gaussian."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        self.net = tanh_mlp([in_dim, *hidden])
+        self.head = nn.Linear(([in_dim, *hidden])[-1], 2 * out_dim)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.head(self.net(h)).chunk(2, dim=-1)
+        return mean, log_std
+
+
+class BernoulliLayer(nn.Module):
+    """A tanh MLP followed by a linear layer giving Bernoulli logits."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        self.net = tanh_mlp([in_dim, *hidden])
+        self.head = nn.Linear(([in_dim, *hidden])[-1], out_dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.head(self.net(h))
+
+
+class IWAEModel(nn.Module):
+    """Deep latent Gaussian model with L stochastic layers and its inference network.
+
+    Args:
+        input_dim: pixels per image (D).
+        latent_dims: sizes of h_1..h_L (the paper: ``[50]`` or ``[100, 50]``).
+        hidden_dims: the deterministic tanh layers below each stochastic layer, e.g.
+            ``[[200, 200], [100, 100]]``: q(h_l | h_{l-1}) uses ``hidden_dims[l-1]`` and the
+            generative p(h_{l-1} | h_l) mirrors it.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dims: Sequence[int] = (50,),
+        hidden_dims: Sequence[Sequence[int]] = ((200, 200),),
+    ) -> None:
+        super().__init__()
+        if len(latent_dims) == 0 or len(latent_dims) != len(hidden_dims):
+            raise UserError(
+                f"model.latent_dims {list(latent_dims)} and model.hidden_dims "
+                f"{[list(h) for h in hidden_dims]} must be non-empty and of the same length"
+            )
+        if input_dim < 1 or any(d < 1 for d in latent_dims):
+            raise UserError(f"layer sizes must be positive: input {input_dim}, {latent_dims}")
+        self.input_dim, self.latent_dims = input_dim, list(latent_dims)
+        below = [input_dim, *latent_dims[:-1]]  # what each stochastic layer conditions on
+        self.encoder = nn.ModuleList(
+            GaussianLayer(n_in, hid, n_out) for n_in, hid, n_out in zip(below, hidden_dims, latent_dims)
+        )
+        # decoder[l] models h_l given h_{l+1} (h_0 = x); decoder[0] is the Bernoulli output.
+        self.decoder = nn.ModuleList([BernoulliLayer(latent_dims[0], hidden_dims[0][::-1], input_dim)])
+        self.decoder.extend(
+            GaussianLayer(latent_dims[l + 1], hidden_dims[l + 1][::-1], latent_dims[l])
+            for l in range(len(latent_dims) - 1)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot-uniform weights and zero biases, as the paper's released code."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def init_output_bias(self, pixel_mean: Tensor) -> None:
+        """Set the output bias to the logit of the training mean pixel, clipped to [1e-3, 1-1e-3]."""
+        p = pixel_mean.clamp(1e-3, 1 - 1e-3).to(self.decoder[0].head.bias)
+        self.decoder[0].head.bias.copy_(torch.log(p) - torch.log1p(-p))
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """Parameters of q(h | x) (phi)."""
+        return list(self.encoder.parameters())
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        """Parameters of p(x, h) (theta)."""
+        return list(self.decoder.parameters())
+
+    def log_weights(
+        self,
+        x: Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+        detach_q: bool = False,
+    ) -> Tensor:
+        """log w = log p(x, h) - log q(h | x) at k samples h ~ q(h | x).
+
+        Args:
+            x: binary images ``[B, D]``.
+            k: number of importance samples per image.
+            generator: source of the Gaussian noise (for reproducible evaluation).
+            detach_q: evaluate log q with the parameters of q detached (the samples still
+                depend on them): the form the STL and DReG estimators differentiate.
+
+        Returns:
+            ``[k, B]``, every normalising constant included, so ``iwae_bound`` of it is a
+            lower bound on log p(x) in nats.
+        """
+        log_q = x.new_zeros(())
+        h, samples = x, []
+        for layer in self.encoder:
+            mean, log_std = layer(h)  # first layer: [B, d], once per image; deeper: [k, B, d]
+            eps = torch.randn((k, *mean.shape[-2:]), generator=generator, device=x.device, dtype=x.dtype)
+            h = mean + torch.exp(log_std) * eps
+            if detach_q:
+                log_q = log_q + gaussian_log_prob(h, mean.detach(), log_std.detach())
+            else:  # (h - mean) / std is eps exactly: skip recomputing it
+                log_q = log_q + (-0.5 * eps.square() - log_std).sum(-1) - eps.shape[-1] * HALF_LOG_2PI
+            samples.append(h)
+        log_p = standard_normal_log_prob(samples[-1])
+        for l in range(len(samples) - 1, 0, -1):
+            mean, log_std = self.decoder[l](samples[l])
+            log_p = log_p + gaussian_log_prob(samples[l - 1], mean, log_std)
+        log_p = log_p + bernoulli_log_prob(x, self.decoder[0](samples[0]))
+        return log_p - log_q
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Ancestral samples from p: the Bernoulli means of x, ``[n, D]``."""
+        device = self.decoder[0].head.weight.device
+        h = torch.randn(n, self.latent_dims[-1], generator=generator, device=device)
+        for l in range(len(self.latent_dims) - 1, 0, -1):
+            mean, log_std = self.decoder[l](h)
+            h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=device)
+        return torch.sigmoid(self.decoder[0](h))
+
+    @torch.no_grad()
+    def encoder_means(self, x: Tensor, n_samples: int = 100, generator: torch.Generator | None = None) -> list[Tensor]:
+        """E_q[h_l | x] for every stochastic layer, each ``[B, d_l]``.
+
+        The first layer's mean is exact; a deeper layer's is averaged over ``n_samples`` draws
+        of the layers below it.
+        """
+        mean, log_std = self.encoder[0](x)
+        means = [mean]
+        h = mean + torch.exp(log_std) * torch.randn((n_samples, *mean.shape), generator=generator, device=x.device)
+        for layer in self.encoder[1:]:
+            mean, log_std = layer(h)
+            means.append(mean.mean(0))
+            h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=x.device)
+        return means

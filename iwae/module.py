@@ -1,0 +1,64 @@
+"""The LightningModule: a model, an objective that trains it, Adam and an epoch-wise schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from iwae.evaluation import log_likelihood
+from iwae.model import IWAEModel
+from iwae.objectives import Objective
+
+
+class IWAEModule(pl.LightningModule):
+    """Trains ``model`` with ``objective``; validates with the k=``val_k`` IWAE bound.
+
+    Args:
+        model: the generative model and inference network.
+        objective: the bound (and gradient estimator) to train with.
+        optimizer: a partial optimizer (Hydra ``_partial_: true``) completed with the parameters.
+        schedule: an object with ``lr_factor(epoch)``, applied once per epoch.
+        val_k: importance samples for the validation bound ``val/bound`` (nats, higher is better).
+        log_every_n_steps: training metrics are logged every this many steps only: logging
+            every one of the paper's ten million steps costs more than the step itself.
+        config: the run's resolved config, stored in every checkpoint so it can be rebuilt.
+    """
+
+    def __init__(
+        self,
+        model: IWAEModel,
+        objective: Objective,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        schedule: Any,
+        val_k: int = 100,
+        log_every_n_steps: int = 50,
+        config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+        self.optimizer_factory, self.schedule = optimizer, schedule
+        self.val_k, self.log_every_n_steps = val_k, max(1, log_every_n_steps)
+        self.config = config
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        out = self.objective(self.model, x)
+        if self.global_step % self.log_every_n_steps == 0:
+            self.log("train/bound", out.bound.mean(), prog_bar=True, batch_size=x.shape[0])
+        return out.loss
+
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        bound = log_likelihood(self.model, x, self.val_k, chunk_size=self.val_k).float()
+        self.log("val/bound", bound.mean(), prog_bar=True, batch_size=x.shape[0])
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.model.parameters())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.config is not None:
+            checkpoint["iwae_config"] = self.config

@@ -1,0 +1,68 @@
+"""What a run leaves behind: metrics.json, a sample grid, and the closing table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write JSON to a temp file in the same directory, then rename: a kill mid-write never
+    leaves a truncated file where a good one stood."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_sample_grid(model, image_shape: tuple[int, ...], path: str | os.PathLike, n: int = 64, seed: int = 0) -> None:
+    """A PNG grid of ``n`` model samples (Bernoulli means) via torchvision's image grid."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    images = model.sample(n, generator=g).cpu().view(n, 1, *image_shape[-2:])
+    torchvision.utils.save_image(images, str(path), nrow=int(math.sqrt(n)), padding=2, pad_value=1.0)
+
+
+def format_results(metrics: dict[str, Any]) -> str:
+    """The short table printed at the end of a run."""
+    rows = [
+        ("objective", metrics.get("objective")),
+        ("k", metrics.get("k")),
+        ("model", metrics.get("model")),
+        ("data", metrics.get("data")),
+        ("train/steps", metrics.get("train/steps")),
+        ("val/bound", _fmt(metrics.get("val/bound"))),
+        (f"test/nll (k={metrics.get('eval/k')})", _fmt(metrics.get("test/nll"), metrics.get("test/nll_stderr"))),
+        ("test/active_units", _units(metrics)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows if value is not None]
+    rule = "-" * max(len(line) for line in lines)
+    return "\n".join([rule, *lines, rule])
+
+
+def _fmt(value: Any, stderr: Any = None) -> str | None:
+    if value is None:
+        return None
+    return f"{value:.2f} ± {stderr:.2f}" if stderr is not None else f"{value:.2f}"
+
+
+def _units(metrics: dict[str, Any]) -> str | None:
+    per_layer = metrics.get("test/active_units_per_layer")
+    if per_layer is None:
+        return None
+    return f"{metrics['test/active_units']} ({'+'.join(str(n) for n in per_layer)})"

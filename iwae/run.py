@@ -1,0 +1,123 @@
+"""Wiring for ``train.py``: build everything from the Hydra config, fit, evaluate, write outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from iwae.errors import UserError
+from iwae.evaluation import active_units, evaluate_nll
+from iwae.module import IWAEModule
+from iwae.outputs import format_results, save_sample_grid, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a `UserError` from a constructor through as itself
+    (Hydra wraps it in a multi-line InstantiationException)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def build_module(cfg: DictConfig, datamodule) -> IWAEModule:
+    """Model (output bias from the training data), objective, optimizer and schedule."""
+    model = build(cfg.model, input_dim=datamodule.input_dim)
+    model.init_output_bias(datamodule.train_pixel_mean())
+    return IWAEModule(
+        model=model,
+        objective=build(cfg.objective),
+        optimizer=build(cfg.optimizer),
+        schedule=build(cfg.schedule),
+        val_k=cfg.eval.val_k,
+        log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.Trainer:
+    loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node]
+    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    max_epochs = cfg.trainer.get("max_epochs") or module.schedule.epochs
+    return build(
+        cfg.trainer,
+        max_epochs=max_epochs,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(output_dir),
+    )
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means this run directory's last checkpoint; anything else must exist."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<existing .ckpt file>")
+    return str(path)
+
+
+def evaluate(cfg: DictConfig, module: IWAEModule, datamodule) -> dict[str, Any]:
+    """The paper's test measures: NLL with eval.k samples and active units per layer."""
+    model = module.model.eval()
+    test = list(datamodule.test_dataloader())
+    nll = evaluate_nll(model, test, cfg.eval.k, cfg.eval.chunk_size, cfg.eval.seed)
+    units, _ = active_units(model, test, cfg.eval.active_threshold, seed=cfg.eval.seed)
+    return {
+        "test/nll": nll["nll"],
+        "test/nll_stderr": nll["nll_stderr"],
+        "test/images": nll["images"],
+        "eval/k": cfg.eval.k,
+        "test/active_units": sum(units),
+        "test/active_units_per_layer": units,
+    }
+
+
+def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Fit the configured model and write ``metrics.json``; return the metrics."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build(cfg.data)
+    datamodule.prepare()
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg, module, output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics: dict[str, Any] = {
+        "objective": module.objective.name,
+        "k": module.objective.k,
+        "model": cfg.model.get("name", "custom"),
+        "data": datamodule.name,
+        "binarization": datamodule.binarization,
+        "seed": cfg.seed,
+        "train/steps": trainer.global_step,
+        "train/epochs": trainer.current_epoch,
+        "train/seconds": round(time.perf_counter() - start, 2),
+    }
+    val = trainer.callback_metrics.get("val/bound")
+    if val is not None:
+        metrics["val/bound"] = float(val)
+    if not trainer.is_global_zero:
+        return metrics
+    if cfg.eval.enabled:
+        metrics.update(evaluate(cfg, module, datamodule))
+        save_sample_grid(module.model, datamodule.image_shape, output_dir / "samples.png")
+    write_json_atomic(output_dir / "metrics.json", metrics)
+    print(format_results(metrics))
+    return metrics

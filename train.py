@@ -1,0 +1,33 @@
+"""Train and evaluate a VAE or IWAE: ``python train.py objective=iwae k=50 model=two_layer``.
+
+All behaviour lives in the ``iwae`` package; this script only composes the config and wires.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from iwae.cli import exit_on_bad_overrides
+from iwae.errors import UserError
+from iwae.run import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = train(cfg, output_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("test/nll")  # what a Hydra sweeper minimises
+
+
+if __name__ == "__main__":
+    exit_on_bad_overrides()
+    main()
