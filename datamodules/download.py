@@ -95,7 +95,7 @@ def download(url: str, dest: Path, spec: RemoteFile, timeout: float = 60.0) -> N
 
 
 def find_local(spec: RemoteFile, dirs: Sequence[Path], verify: bool) -> Path | None:
-    """The first existing ``dir / spec.name``; a local copy that fails its checksum stops the run."""
+    """The first existing ``dir / spec.name``; a local copy failing its checksum stops the run."""
     for directory in dirs:
         path = directory / spec.name
         if path.is_file():

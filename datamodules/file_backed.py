@@ -87,7 +87,7 @@ class FileDataModule(BinarizedDataModule):
         if self.subset is None:
             return splits
         cut: list[Tensor] = []
-        for split, n in zip(("train", "val", "test"), self.subset):
+        for split, n in zip(("train", "val", "test"), self.subset, strict=True):
             x = getattr(splits, split)
             if n > len(x):
                 raise UserError(

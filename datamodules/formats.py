@@ -170,7 +170,7 @@ def to_unit_interval(x: np.ndarray, source: str) -> np.ndarray:
 
 
 def flatten_images(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``[N, H, W]``, ``[N, H, W, 1]``, ``[N, 1, H, W]`` or ``[N, D]`` -> ``([N, D], image_shape)``."""
+    """``[N, H, W]``, ``[N, H, W, 1]``, ``[N, 1, H, W]`` or ``[N, D]`` -> ``([N, D], shape)``."""
     if x.ndim == 4 and 1 in (x.shape[1], x.shape[3]):
         x = x.reshape(x.shape[0], *(s for s in x.shape[1:] if s != 1) or (1,))
     if x.ndim not in (2, 3):
@@ -191,7 +191,9 @@ def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except Exception as err:  # zipfile/pickle/OSError: a truncated or foreign file
-        raise UserError(f"{path}: cannot read the .npz file ({type(err).__name__}: {err})") from None
+        raise UserError(
+            f"{path}: cannot read the .npz file ({type(err).__name__}: {err})"
+        ) from None
     named = {k: arrays[k] for k in ("train", "val", "test") if k in arrays}
     if not named:
         if len(arrays) != 1:
