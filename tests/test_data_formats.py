@@ -1,0 +1,215 @@
+"""Parsers of the real file formats, on small files generated here in those formats.
+
+The writers below (``write_idx``, ``write_amat``, ``write_chardata``) are imported by the other
+``test_data_*`` modules.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import savemat
+
+from datamodules.formats import (
+    read_amat,
+    read_idx,
+    read_idx_images,
+    read_image_folder,
+    read_npz,
+    read_omniglot_mat,
+)
+from iwae.errors import UserError
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool | None = None) -> Path:
+    """An IDX file of uint8 ``array`` (gzipped when the name ends in .gz, or ``compress``)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if compress if compress is not None else path.suffix == ".gz":
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def write_amat(path: Path, binary: np.ndarray) -> Path:
+    """Larochelle's layout: one image a line, values separated by single spaces."""
+    lines = (" ".join(str(int(v)) for v in row) for row in binary)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def write_chardata(path: Path, train: np.ndarray, test: np.ndarray) -> Path:
+    """``chardata.mat`` as the paper's authors stored it: each 28x28 image flattened in MATLAB's
+    column-major order, one image a column (``784 x N``)."""
+
+    def to_matlab(images: np.ndarray) -> np.ndarray:  # [N, 28, 28] row-major -> [784, N]
+        return images.reshape(len(images), 28, 28).reshape(len(images), 784, order="F").T
+
+    savemat(path, {"data": to_matlab(train), "testdata": to_matlab(test)})
+    return path
+
+
+def asymmetric_digit() -> np.ndarray:
+    """A 28x28 image that no transpose or flip maps onto itself: an 'L' in the top-left."""
+    image = np.zeros((28, 28), dtype=np.float32)
+    image[2:20, 3] = 1.0  # vertical bar: rows 2..19 of column 3
+    image[19, 3:12] = 1.0  # horizontal bar along row 19
+    image[0, 27] = 0.5  # one grey pixel top-right
+    return image
+
+
+# --- IDX ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
+def test_idx_images_round_trip(tmp_path, name):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    x, shape = read_idx_images(write_idx(tmp_path / name, images))
+    assert shape == (28, 28)
+    assert x.shape == (5, 784) and x.dtype == np.float32
+    np.testing.assert_allclose(x, images.reshape(5, 784) / 255.0, rtol=1e-6)
+
+
+def test_idx_rejects_bad_magic(tmp_path):
+    path = tmp_path / "bad-idx3-ubyte"
+    path.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(UserError, match="bad-idx3-ubyte.*not an IDX file"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_truncated_file_names_the_file(tmp_path, compress):
+    images = np.ones((4, 28, 28), dtype=np.uint8)
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", images, compress=False)
+    data = path.read_bytes()[:-100]  # a download cut short
+    path.write_bytes(gzip.compress(data) if compress else data)
+    with pytest.raises(UserError, match="train-images-idx3-ubyte: IDX file truncated"):
+        read_idx(path)
+
+
+def test_idx_truncated_gzip_stream(tmp_path):
+    path = write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.ones((50, 28, 28), np.uint8))
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz: corrupt or truncated gzip"):
+        read_idx(path)
+
+
+def test_idx_labels_file_is_not_images(tmp_path):
+    path = write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(10, dtype=np.uint8))
+    assert read_idx(path).tolist() == list(range(10))
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte: expected uint8 images"):
+        read_idx_images(path)
+
+
+# --- .amat ----------------------------------------------------------------------------------
+def test_amat_round_trip(tmp_path):
+    binary = np.random.default_rng(1).integers(0, 2, (7, 784))
+    x = read_amat(write_amat(tmp_path / "binarized_mnist_valid.amat", binary))
+    assert x.shape == (7, 784) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, binary)
+
+
+def test_amat_irregular_spacing_takes_the_slow_path(tmp_path):
+    binary = np.random.default_rng(2).integers(0, 2, (3, 784))
+    path = tmp_path / "crlf.amat"
+    path.write_text("".join("  ".join(f"{v}.0" for v in row) + "\r\n" for row in binary))
+    np.testing.assert_array_equal(read_amat(path), binary)
+
+
+def test_amat_truncated_line_names_file_and_line(tmp_path):
+    binary = np.zeros((3, 784), dtype=int)
+    path = write_amat(tmp_path / "binarized_mnist_test.amat", binary)
+    path.write_text(path.read_text()[:-700])  # the last line is cut short
+    with pytest.raises(UserError, match=r"binarized_mnist_test.amat: line 3 has \d+ values"):
+        read_amat(path)
+
+
+def test_amat_wrong_width(tmp_path):
+    path = write_amat(tmp_path / "narrow.amat", np.zeros((2, 100), dtype=int))
+    with pytest.raises(UserError, match="narrow.amat: line 1 has 100 values, expected 784"):
+        read_amat(path)
+
+
+# --- Omniglot chardata.mat ------------------------------------------------------------------
+def test_chardata_column_major_images_come_out_upright(tmp_path):
+    digit = asymmetric_digit()
+    train = np.stack([digit, np.fliplr(digit), np.zeros((28, 28), np.float32)])
+    test = np.stack([digit.T])
+    train_x, test_x = read_omniglot_mat(write_chardata(tmp_path / "chardata.mat", train, test))
+    assert train_x.shape == (3, 784) and test_x.shape == (1, 784)
+    np.testing.assert_array_equal(train_x[0].reshape(28, 28), digit)
+    np.testing.assert_array_equal(train_x[1].reshape(28, 28), np.fliplr(digit))
+    np.testing.assert_array_equal(test_x[0].reshape(28, 28), digit.T)
+    # The vertical bar is column 3, the grey pixel top-right: not transposed, not flipped.
+    assert train_x[0].reshape(28, 28)[10, 3] == 1 and train_x[0].reshape(28, 28)[3, 10] == 0
+    assert train_x[0].reshape(28, 28)[0, 27] == 0.5
+
+
+def test_chardata_missing_variable(tmp_path):
+    path = tmp_path / "chardata.mat"
+    savemat(path, {"data": np.zeros((784, 2))})
+    with pytest.raises(UserError, match="chardata.mat: no variable 'testdata'"):
+        read_omniglot_mat(path)
+
+
+def test_chardata_wrong_shape(tmp_path):
+    path = tmp_path / "chardata.mat"
+    savemat(path, {"data": np.zeros((2, 784)), "testdata": np.zeros((784, 2))})
+    with pytest.raises(UserError, match=r"chardata.mat: 'data' has shape \[2, 784\]"):
+        read_omniglot_mat(path)
+
+
+def test_chardata_truncated(tmp_path):
+    path = write_chardata(tmp_path / "chardata.mat", np.zeros((40, 28, 28)), np.zeros((5, 28, 28)))
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(UserError, match="chardata.mat: cannot read the MATLAB file"):
+        read_omniglot_mat(path)
+
+
+# --- user data ------------------------------------------------------------------------------
+def test_npz_uint8_is_scaled_and_splits_kept(tmp_path):
+    rng = np.random.default_rng(3)
+    arrays = {
+        s: rng.integers(0, 256, (n, 8, 6), dtype=np.uint8)
+        for s, n in [("train", 5), ("val", 2), ("test", 3)]
+    }
+    np.savez(tmp_path / "mine.npz", **arrays)
+    out, shape = read_npz(tmp_path / "mine.npz")
+    assert shape == (8, 6) and sorted(out) == ["test", "train", "val"]
+    np.testing.assert_allclose(out["train"], arrays["train"].reshape(5, 48) / 255.0, rtol=1e-6)
+
+
+def test_npz_float_outside_unit_interval(tmp_path):
+    np.savez(tmp_path / "mine.npz", images=np.full((4, 10), 255.0))
+    with pytest.raises(UserError, match=r"mine.npz\[all\]: values outside \[0, 1\]"):
+        read_npz(tmp_path / "mine.npz")
+
+
+def test_npz_wrong_shape(tmp_path):
+    np.savez(tmp_path / "flat.npz", x=np.zeros(10))
+    with pytest.raises(UserError, match=r"flat.npz\[all\]: array of shape \[10\]"):
+        read_npz(tmp_path / "flat.npz")
+
+
+def test_image_folder_reads_grey_images(tmp_path):
+    from PIL import Image
+
+    digit = (asymmetric_digit() * 255).astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "a.png")
+    Image.fromarray(255 - digit).convert("RGB").save(tmp_path / "b.png")
+    x, shape = read_image_folder(tmp_path)
+    assert shape == (28, 28) and x.shape == (2, 784)
+    np.testing.assert_allclose(x[0].reshape(28, 28), digit / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(x[1].reshape(28, 28), (255 - digit) / 255.0, rtol=1e-6)
+
+
+def test_image_folder_mixed_sizes(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "a.png")
+    Image.new("L", (20, 28)).save(tmp_path / "b.png")
+    with pytest.raises(UserError, match="b.png: image size"):
+        read_image_folder(tmp_path)
