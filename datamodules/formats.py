@@ -171,14 +171,16 @@ def to_unit_interval(x: np.ndarray, source: str) -> np.ndarray:
 
 def flatten_images(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """``[N, H, W]``, ``[N, H, W, 1]``, ``[N, 1, H, W]`` or ``[N, D]`` -> ``([N, D], shape)``."""
-    if x.ndim == 4 and 1 in (x.shape[1], x.shape[3]):
-        x = x.reshape(x.shape[0], *(s for s in x.shape[1:] if s != 1) or (1,))
+    if x.ndim == 4 and x.shape[1] == 1:  # channels first
+        x = x[:, 0]
+    elif x.ndim == 4 and x.shape[3] == 1:  # channels last
+        x = x[..., 0]
     if x.ndim not in (2, 3):
         raise UserError(
             f"{source}: array of shape {list(x.shape)}; expected grey images [N, H, W] "
             "or flat rows [N, D]"
         )
-    return x.reshape(len(x), -1), tuple(x.shape[1:])
+    return x.reshape(len(x), int(np.prod(x.shape[1:]))), tuple(x.shape[1:])  # N may be 0
 
 
 def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:

@@ -213,3 +213,12 @@ def test_image_folder_mixed_sizes(tmp_path):
     Image.new("L", (20, 28)).save(tmp_path / "b.png")
     with pytest.raises(UserError, match="b.png: image size"):
         read_image_folder(tmp_path)
+
+
+@pytest.mark.parametrize("layout", [(3, 1, 8, 6), (3, 8, 6, 1)])
+def test_npz_channel_axis_is_dropped(tmp_path, layout):
+    images = np.random.default_rng(4).random(layout).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", x=images)
+    out, shape = read_npz(tmp_path / "mine.npz")
+    assert shape == (8, 6)
+    np.testing.assert_array_equal(out["all"], images.reshape(3, 48))
