@@ -1,0 +1,124 @@
+"""Train and test NLL of each run of a binarization-study multirun, as a Markdown table.
+
+    python -m iwae.binarization_study multirun/binarization_study/fashion_mnist/<date>/<time>
+
+``train.py`` reports the test NLL only; overfitting needs the NLL of the training images too.
+This loads each run's last checkpoint, rebuilds its DataModule from the config stored in the
+checkpoint, and estimates both with `iwae.evaluation.evaluate_nll` (same k, same seed):
+
+- train: the first ``--train-images`` training images as the model saw them: the one fixed
+  sample (``fixed``), or one sample drawn with the evaluation seed (``dynamic``: each epoch saw
+  a fresh one, so any one sample is as representative as another);
+- test: the test split, binarized once with the evaluation seed, as in ``train.py``.
+
+Writes ``binarization_study.md`` and ``binarization_study.json`` into the multirun directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from datamodules.base import binarize_once
+from iwae.errors import UserError
+from iwae.evaluation import evaluate_nll
+from iwae.outputs import write_json_atomic
+
+
+def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
+    """``(model, prepared datamodule, config)`` of one run, from ``checkpoints/last.ckpt``."""
+    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    config = ckpt.get("iwae_config")
+    if config is None:  # older checkpoints: the config Hydra saved beside the run
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    cfg = OmegaConf.create(config)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare()
+    model = instantiate(cfg.model, input_dim=datamodule.input_dim)
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), datamodule, config
+
+
+def batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return list(x.split(size))
+
+
+def study_run(run_dir: Path, k: int, train_images: int, chunk_size: int) -> dict[str, Any]:
+    """Train NLL, test NLL and their gap (nats) of one run."""
+    model, dm, config = load_run(run_dir)
+    train = dm.splits.train[:train_images]
+    if dm.dynamic:  # stored as probabilities: evaluate one fixed sample of them
+        train = binarize_once(train, dm.eval_seed + 2)
+    seed = config.get("eval", {}).get("seed", 0)
+    size = dm.eval_batch_size
+    train_nll = evaluate_nll(model, batches(train, size), k, chunk_size, seed)
+    test_nll = evaluate_nll(model, batches(dm.splits.test, size), k, chunk_size, seed)
+    metrics = (
+        json.loads((run_dir / "metrics.json").read_text())
+        if (run_dir / "metrics.json").is_file()
+        else {}
+    )
+    return {
+        "run": run_dir.name,
+        "data": dm.name,
+        "binarization": dm.binarization,
+        "train_images": len(dm.splits.train),
+        "epochs": config.get("schedule", {}).get("epochs"),
+        "steps": metrics.get("train/steps"),
+        "k": k,
+        "train/nll": train_nll["nll"],
+        "train/nll_stderr": train_nll["nll_stderr"],
+        "test/nll": test_nll["nll"],
+        "test/nll_stderr": test_nll["nll_stderr"],
+        "gap": test_nll["nll"] - train_nll["nll"],
+        "train/seconds": metrics.get("train/seconds"),
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table the README quotes."""
+    lines = [
+        "| data | binarization | train images | epochs | k | train NLL | test NLL | gap |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['data']} | {r['binarization']} | {r['train_images']:,} | {r['epochs']} "
+            f"| {r['k']} | {r['train/nll']:.2f} ± {r['train/nll_stderr']:.2f} "
+            f"| {r['test/nll']:.2f} ± {r['test/nll_stderr']:.2f} | {r['gap']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("multirun_dir", type=Path)
+    parser.add_argument("--k", type=int, default=1000, help="importance samples per image")
+    parser.add_argument("--train-images", type=int, default=1000, help="training images scored")
+    parser.add_argument("--chunk-size", type=int, default=250)
+    args = parser.parse_args(argv)
+    try:
+        runs = sorted(p.parent.parent for p in args.multirun_dir.glob("*/checkpoints/last.ckpt"))
+        if not runs:
+            raise UserError(f"no */checkpoints/last.ckpt under {args.multirun_dir}")
+        rows = [study_run(r, args.k, args.train_images, args.chunk_size) for r in runs]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    table = markdown(rows)
+    (args.multirun_dir / "binarization_study.md").write_text(table)
+    write_json_atomic(args.multirun_dir / "binarization_study.json", {"runs": rows})
+    print(table, end="")
+
+
+if __name__ == "__main__":
+    main()
