@@ -4,17 +4,24 @@ An objective holds only its estimator settings and takes the model and the data 
 the model never knows which bound trains it. The reported bound is always computed from
 detached log weights, apart from the gradient surrogate, so a gradient estimator can change
 the surrogate without changing the number that is logged.
+
+Every bound here is built from one piece, the MIWAE(M, K) surrogate (`grouped_surrogate`):
+IWAE is M = 1, the k-sample VAE is K = 1, CIWAE mixes the two, PIWAE uses one for the
+generative network and another for the inference network.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from iwae.errors import check_positive_int
+from iwae.errors import UserError, check_positive_int
+
+ESTIMATORS = ("reparam", "stl", "dreg")
 
 
 def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
@@ -39,13 +46,91 @@ def elbo(log_w: Tensor) -> Tensor:
     return log_w.mean(0)
 
 
+def miwae_bound(log_w: Tensor, m: int) -> Tensor:
+    """MIWAE(M, K) (Rainforth et al. 2018, eq. 9): the mean of M independent K-sample bounds.
+
+    Args:
+        log_w: ``[M * K, B]`` log weights; group j is rows ``j*K .. (j+1)*K - 1``.
+        m: number of groups M.
+
+    Returns:
+        ``[B]``: (1/M) sum_j log (1/K) sum_i w_ji, in nats.
+    """
+    return iwae_bound(log_w.unflatten(0, (m, -1)).transpose(0, 1)).mean(0)
+
+
+def ciwae_bound(log_w: Tensor, beta: float) -> Tensor:
+    """CIWAE(beta) (Rainforth et al. 2018, eq. 10): beta * ELBO + (1 - beta) * L_k.
+
+    ``[k, B] -> [B]``, in nats.
+    """
+    return beta * elbo(log_w) + (1 - beta) * iwae_bound(log_w)
+
+
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """ESS of the normalised weights, 1 / sum_i w~_i^2 (Kong 1992), ``[k, B] -> [B]`` in [1, k]."""
+    return torch.exp(-torch.logsumexp(2 * torch.log_softmax(log_w, 0), 0))
+
+
+def grouped_surrogate(log_w: Tensor, detached: Tensor, m: int, power: int = 1) -> Tensor:
+    """Gradient surrogate of MIWAE(M, K): (1/M) sum_j sum_i w~_ji^power log w_ji, ``[B]``.
+
+    ``w~_ji`` are group j's normalised weights, held constant (computed from ``detached``).
+    With ``power=1`` its gradient is the reparameterised gradient of the bound (Burda et al.
+    2015, eq. 13); with ``power=2`` and log q's parameters detached in ``log_w`` it is the DReG
+    inference-network gradient (Tucker et al. 2018, eq. 5): sum_i w~_i^2 dlog w_i/dh_i dh_i/dphi.
+
+    Args:
+        log_w: ``[M * K, B]`` log weights carrying the gradient.
+        detached: the same values, detached.
+    """
+    w = torch.softmax(detached.unflatten(0, (m, -1)), dim=1)
+    if power != 1:
+        w = w**power
+    return (w * log_w.unflatten(0, (m, -1))).sum(1).mean(0)
+
+
+def split_loss(model, generative_loss: Tensor, inference_loss: Tensor) -> Tensor:
+    """A scalar whose gradient is d generative_loss/d theta on theta and d inference_loss/d phi
+    on phi: the shape that DReG and PIWAE need (two surrogates, two parameter sets).
+
+    Why this route: both losses come from one forward pass. Each ``autograd.grad`` is pruned to
+    its own parameters (the theta pass never enters the encoder), so the cost is about one
+    forward and 1.3 backward passes; the alternatives cost more (two forward passes, one with
+    theta and one with phi detached) or need the model's samples (a gradient hook on h).
+    The returned value is ``generative_loss``'s; its gradient is the linear form sum <p, g_p>.
+    """
+    if not generative_loss.requires_grad:  # called under no_grad: only the value matters
+        return generative_loss
+    theta = [p for p in model.generative_parameters() if p.requires_grad]
+    phi = [p for p in model.inference_parameters() if p.requires_grad]
+    g_theta = torch.autograd.grad(generative_loss, theta, retain_graph=True, allow_unused=True)
+    g_phi = torch.autograd.grad(inference_loss, phi, allow_unused=True)
+    pairs = zip(theta + phi, g_theta + g_phi, strict=True)
+    linear = sum(((p * g).sum() for p, g in pairs if g is not None), generative_loss.new_zeros(()))
+    return generative_loss.detach() + linear - linear.detach()
+
+
+def check_estimator(estimator: object) -> str:
+    if estimator not in ESTIMATORS:
+        choices = ", ".join(ESTIMATORS)
+        raise UserError(f"objective.estimator must be one of {choices}; got {estimator!r}")
+    return str(estimator)
+
+
+def check_unit_interval(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 @dataclass
 class ObjectiveOutput:
     """What one training step needs.
 
     loss: scalar to minimise; only its gradient matters.
     bound: ``[B]`` detached value of the bound being trained, in nats.
-    log_w: ``[k, B]`` detached log weights (for diagnostics).
+    log_w: ``[n, B]`` detached log weights, n = ``objective.num_samples`` (for diagnostics).
     """
 
     loss: Tensor
@@ -54,34 +139,74 @@ class ObjectiveOutput:
 
 
 class Objective:
-    """Base class: draws ``k`` samples per image from the model and forms bound and surrogate."""
+    """Base class: draws samples from the model and forms the bound and the surrogate(s).
+
+    Args:
+        k: importance samples per bound (the paper's k; MIWAE's K).
+        estimator: the inference network's gradient: ``reparam`` (the paper's), ``stl``
+            (Roeder et al. 2017: log q's parameters detached, dropping the score term) or
+            ``dreg`` (Tucker et al. 2018). The generative network's gradient is the same for all.
+    """
 
     name = "objective"
 
-    def __init__(self, k: int) -> None:
-        self.k = check_positive_int("k", k)
+    def __init__(self, k: int, estimator: str = "reparam") -> None:
+        self.k = check_positive_int("objective.k", k)
+        self.estimator = check_estimator(estimator)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples drawn per image at each step."""
+        return self.k
 
     def __call__(self, model, x: Tensor) -> ObjectiveOutput:
-        log_w = model.log_weights(x, self.k)
-        detached = log_w.detach()
-        return ObjectiveOutput(
-            loss=-self.surrogate(log_w, detached).mean(), bound=self.bound(detached), log_w=detached
-        )
+        detach_q = self.estimator != "reparam"
+        if detach_q:
+            check_stl_model(model)
+        log_w = model.log_weights(x, self.num_samples, detach_q=detach_q)
+        detached = log_w.detach()  # same values either way: detach_q only changes gradients
+        generative = -self.surrogate(log_w, detached).mean()
+        inference = self.inference_surrogate(log_w, detached)
+        loss = generative if inference is None else split_loss(model, generative, -inference.mean())
+        return ObjectiveOutput(loss=loss, bound=self.bound(detached), log_w=detached)
 
     def bound(self, log_w: Tensor) -> Tensor:
-        """``[k, B] -> [B]``: the bound's value."""
+        """``[n, B] -> [B]``: the bound's value."""
         raise NotImplementedError
 
     def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
-        """``[k, B] -> [B]``: a function whose gradient is the estimator's gradient."""
+        """``[n, B] -> [B]``: a function whose gradient is the estimator's gradient (for both
+        networks unless `inference_surrogate` gives the inference network its own)."""
         raise NotImplementedError
 
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
+        """``[n, B] -> [B]`` for the inference network only, or None: the same as `surrogate`."""
+        return None
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called by the LightningModule at the start of every training epoch (0-based)."""
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(k={self.k})"
+        return f"{type(self).__name__}(k={self.k}, estimator={self.estimator!r})"
+
+
+def check_stl_model(model) -> None:
+    """STL and DReG need log q(h_l | h_{l-1}) with q's parameters detached but h_{l-1} live;
+    ``IWAEModel.log_weights(detach_q=True)`` detaches the conditioning too, which is exact for
+    one stochastic layer only (for two it leaves a term whose mean is not zero under w~)."""
+    if len(getattr(model, "latent_dims", ())) > 1:
+        raise UserError(
+            "objective.estimator=stl/dreg supports one stochastic layer (model=one_layer) for "
+            "now; use objective.estimator=reparam with a deeper model"
+        )
 
 
 class VAE(Objective):
-    """The variational lower bound with k samples, (1/k) sum_i log w_i (no analytic KL)."""
+    """The variational lower bound with k samples, (1/k) sum_i log w_i (no analytic KL).
+
+    ``estimator=stl`` is Roeder et al.'s; ``dreg`` equals ``stl`` here (one sample per bound,
+    so w~ = 1).
+    """
 
     name = "vae"
 
@@ -94,7 +219,8 @@ class VAE(Objective):
 
 class IWAE(Objective):
     """The importance weighted bound L_k, with the paper's reparameterised gradient
-    sum_i w~_i grad log w_i (w~ the normalised weights, held constant; eq. 13)."""
+    sum_i w~_i grad log w_i (w~ the normalised weights, held constant; eq. 13), or the STL or
+    DReG gradient for the inference network (``estimator``)."""
 
     name = "iwae"
 
@@ -102,4 +228,144 @@ class IWAE(Objective):
         return iwae_bound(log_w)
 
     def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
-        return (torch.softmax(detached, dim=0) * log_w).sum(0)
+        return grouped_surrogate(log_w, detached, m=1)
+
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
+        if self.estimator != "dreg":
+            return None
+        return grouped_surrogate(log_w, detached, m=1, power=2)
+
+
+class MIWAE(Objective):
+    """MIWAE(M, K) (Rainforth et al. 2018): the mean of M independent K-sample IWAE bounds.
+
+    Args:
+        k: samples per group (K); ``m``: number of groups (M). Draws M * K samples per image.
+    """
+
+    name = "miwae"
+
+    def __init__(self, k: int, m: int = 1, estimator: str = "reparam") -> None:
+        super().__init__(k, estimator)
+        self.m = check_positive_int("objective.m", m)
+
+    @property
+    def num_samples(self) -> int:
+        return self.m * self.k
+
+    def bound(self, log_w: Tensor) -> Tensor:
+        return miwae_bound(log_w, self.m)
+
+    def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
+        return grouped_surrogate(log_w, detached, self.m)
+
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
+        if self.estimator != "dreg":
+            return None
+        return grouped_surrogate(log_w, detached, self.m, power=2)
+
+    def __repr__(self) -> str:
+        return f"MIWAE(m={self.m}, k={self.k}, estimator={self.estimator!r})"
+
+
+class CIWAE(Objective):
+    """CIWAE(beta) (Rainforth et al. 2018): beta * ELBO + (1 - beta) * L_k on the same k samples.
+
+    Args:
+        beta: weight of the VAE bound in [0, 1]; 1 is the VAE, 0 the IWAE.
+    """
+
+    name = "ciwae"
+
+    def __init__(self, k: int, beta: float = 0.5, estimator: str = "reparam") -> None:
+        super().__init__(k, estimator)
+        self.beta = check_unit_interval("objective.beta", beta)
+
+    def bound(self, log_w: Tensor) -> Tensor:
+        return ciwae_bound(log_w, self.beta)
+
+    def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
+        return self.beta * elbo(log_w) + (1 - self.beta) * grouped_surrogate(log_w, detached, 1)
+
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
+        if self.estimator != "dreg":
+            return None
+        dreg = grouped_surrogate(log_w, detached, 1, power=2)
+        return self.beta * elbo(log_w) + (1 - self.beta) * dreg
+
+    def __repr__(self) -> str:
+        return f"CIWAE(k={self.k}, beta={self.beta}, estimator={self.estimator!r})"
+
+
+class PIWAE(MIWAE):
+    """PIWAE(M, K) (Rainforth et al. 2018): the generative network trains on the IWAE bound
+    with all M * K samples, the inference network on MIWAE(M, K) of the same samples.
+
+    The reported bound is the generative network's, L_{M*K}. ``estimator`` applies to the
+    inference network's MIWAE gradient.
+    """
+
+    name = "piwae"
+
+    def bound(self, log_w: Tensor) -> Tensor:
+        return iwae_bound(log_w)
+
+    def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
+        return grouped_surrogate(log_w, detached, 1)
+
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
+        return grouped_surrogate(log_w, detached, self.m, 2 if self.estimator == "dreg" else 1)
+
+    def __repr__(self) -> str:
+        return f"PIWAE(m={self.m}, k={self.k}, estimator={self.estimator!r})"
+
+
+class Staged(Objective):
+    """Train with ``first`` until epoch ``switch_epoch``, then with ``second`` (Burda et al.
+    2015, sec. 5.2, Table 2: a VAE continued as an IWAE and the reverse).
+
+    The stage is a function of the epoch alone, so a resumed run picks the right one.
+    ``name`` reads ``vae_to_iwae``; ``k`` and ``num_samples`` are the current stage's.
+    """
+
+    def __init__(self, first: Objective, second: Objective, switch_epoch: int) -> None:
+        for label, obj in (("first", first), ("second", second)):
+            if not isinstance(obj, Objective) or isinstance(obj, Staged):
+                raise UserError(f"objective.{label} must be a single objective, got {obj!r}")
+        self.stages = (first, second)
+        self.switch_epoch = check_positive_int("objective.switch_epoch", switch_epoch)
+        self.name = f"{first.name}_to_{second.name}"
+        self.current = first
+
+    @property
+    def k(self) -> int:  # type: ignore[override]
+        return self.current.k
+
+    @property
+    def estimator(self) -> str:  # type: ignore[override]
+        return self.current.estimator
+
+    @property
+    def num_samples(self) -> int:
+        return self.current.num_samples
+
+    def stage(self, epoch: int) -> Objective:
+        """The objective that trains epoch ``epoch`` (0-based)."""
+        return self.stages[int(epoch >= self.switch_epoch)]
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        self.current = self.stage(epoch)
+
+    def __call__(self, model, x: Tensor) -> ObjectiveOutput:
+        return self.current(model, x)
+
+    def bound(self, log_w: Tensor) -> Tensor:
+        return self.current.bound(log_w)
+
+    def __repr__(self) -> str:
+        return f"Staged({self.stages[0]!r} -> {self.stages[1]!r} at epoch {self.switch_epoch})"
+
+
+def objectives_of(objective: Objective) -> Sequence[Objective]:
+    """The single objectives inside ``objective`` (a staged one has two)."""
+    return objective.stages if isinstance(objective, Staged) else (objective,)

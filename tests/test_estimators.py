@@ -1,0 +1,162 @@
+"""Gradient estimators (reparam, STL, DReG): the same bound, the same generative gradient,
+DReG unbiased, STL and DReG exactly zero where q is the true posterior."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from iwae.errors import UserError
+from iwae.model import IWAEModel
+from iwae.objectives import CIWAE, IWAE, MIWAE, PIWAE, VAE, Objective
+
+ESTIMATORS = ("reparam", "stl", "dreg")
+
+
+def small_model(seed: int = 0, input_dim: int = 6) -> IWAEModel:
+    torch.manual_seed(seed)
+    model = IWAEModel(input_dim, latent_dims=[2], hidden_dims=[[4]]).double()
+    with torch.no_grad():  # larger weights than Glorot: a posterior q does not fit exactly
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    return model
+
+
+def binary_images(n: int, d: int = 6, seed: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, d, generator=g, dtype=torch.float64) > 0.5).double()
+
+
+def grads(objective: Objective, model, x: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(bound [B], flat generative gradient, flat inference gradient) at noise ``seed``."""
+    torch.manual_seed(seed)
+    out = objective(model, x)
+    theta, phi = model.generative_parameters(), model.inference_parameters()
+    g = torch.autograd.grad(out.loss, theta + phi, allow_unused=True)
+    g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(theta + phi, g, strict=True)]
+    flat = [torch.cat([t.flatten() for t in part]) for part in (g[: len(theta)], g[len(theta) :])]
+    return out.bound, flat[0], flat[1]
+
+
+class ExactPosteriorToy(nn.Module):
+    """p(h) = N(0, 1), p(x | h) = N(a h + b, s^2); q(h | x) = N(c x + d, exp(l)^2) set to the
+    exact posterior, so log w = log p(x) whatever h. IWAEModel's interface, its own densities."""
+
+    def __init__(self, a: float = 1.5, b: float = -0.3, s: float = 0.7) -> None:
+        super().__init__()
+        t = dict(dtype=torch.float64)
+        self.a, self.b = nn.Parameter(torch.tensor(a, **t)), nn.Parameter(torch.tensor(b, **t))
+        self.log_s = nn.Parameter(torch.tensor(math.log(s), **t))
+        precision = 1 + a**2 / s**2  # posterior: N(a (x - b) / (s^2 precision), 1 / precision)
+        self.c = nn.Parameter(torch.tensor(a / (s**2 * precision), **t))
+        self.d = nn.Parameter(torch.tensor(-a * b / (s**2 * precision), **t))
+        self.log_std = nn.Parameter(torch.tensor(-0.5 * math.log(precision), **t))
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        return [self.a, self.b, self.log_s]
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        return [self.c, self.d, self.log_std]
+
+    def log_weights(self, x: Tensor, k: int, generator=None, detach_q: bool = False) -> Tensor:
+        mean, log_std = self.c * x + self.d, self.log_std.expand_as(x)
+        h = mean + log_std.exp() * torch.randn((k, *x.shape), generator=generator, dtype=x.dtype)
+        if detach_q:
+            mean, log_std = mean.detach(), log_std.detach()
+        log_q = normal_log_prob(h, mean, log_std)
+        log_p = normal_log_prob(h, 0.0, torch.zeros(())) + normal_log_prob(
+            x, self.a * h + self.b, self.log_s
+        )
+        return log_p - log_q
+
+
+def normal_log_prob(z: Tensor, mean, log_std: Tensor) -> Tensor:
+    return -0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+
+
+def test_exact_posterior_gives_zero_stl_and_dreg_inference_gradients():
+    toy, x = ExactPosteriorToy(), torch.tensor([-1.0, 0.2, 2.5], dtype=torch.float64)
+    for k in (1, 10):
+        bounds, inference = {}, {}
+        for est in ESTIMATORS:
+            bounds[est], _, inference[est] = grads(IWAE(k, estimator=est), toy, x, seed=3)
+        # every weight is p(x) = N(x; b, a^2 + s^2): the bound is log p(x) exactly
+        log_px = normal_log_prob(
+            x, -0.3, torch.tensor(0.5 * math.log(1.5**2 + 0.7**2), dtype=x.dtype)
+        )
+        for est in ESTIMATORS:
+            torch.testing.assert_close(bounds[est], log_px, rtol=0, atol=1e-12)
+        assert inference["stl"].abs().max() < 1e-12
+        assert inference["dreg"].abs().max() < 1e-12
+        assert inference["reparam"].abs().max() > 1e-3  # the score term: zero mean, not zero
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda e: IWAE(5, estimator=e),
+        lambda e: MIWAE(3, m=2, estimator=e),
+        lambda e: CIWAE(4, beta=0.3, estimator=e),
+        lambda e: PIWAE(3, m=2, estimator=e),
+    ],
+    ids=["iwae", "miwae", "ciwae", "piwae"],
+)
+def test_estimators_share_bound_and_generative_gradient(make):
+    model, x = small_model(1), binary_images(4)
+    results = {est: grads(make(est), model, x, seed=7) for est in ESTIMATORS}
+    bound, generative, inference = results["reparam"]
+    for est in ("stl", "dreg"):
+        torch.testing.assert_close(results[est][0], bound, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(results[est][1], generative, rtol=1e-8, atol=1e-10)
+    # and the estimators do differ where they should: on the inference network
+    assert (results["stl"][2] - inference).abs().max() > 1e-4
+    assert (results["dreg"][2] - results["stl"][2]).abs().max() > 1e-4
+
+
+def mean_and_stderr(objective: Objective, model, x: Tensor, batches: int, reps: int):
+    """Inference gradient averaged over ``batches`` x ``reps`` independent draws per image, and
+    the standard error of that average estimated from the ``batches`` averages."""
+    xs = x.repeat(reps, 1)  # one call: reps independent draws of every image, averaged
+    draws = torch.stack([grads(objective, model, xs, seed=100 + i)[2] for i in range(batches)])
+    return draws.mean(0), draws.std(0) / math.sqrt(batches)
+
+
+def test_dreg_has_the_reparam_expected_inference_gradient_and_stl_does_not():
+    model, x, k = small_model(2), binary_images(3, seed=1), 8
+    mean = {}
+    for est in ESTIMATORS:
+        mean[est] = mean_and_stderr(IWAE(k, estimator=est), model, x, batches=20, reps=50)
+    (m_rep, se_rep), (m_dreg, se_dreg), (m_stl, se_stl) = mean["reparam"], mean["dreg"], mean["stl"]
+    live = se_rep > 0  # weights of a pixel that is 0 in every image get no gradient at all
+    z_dreg = ((m_dreg - m_rep).abs() / torch.sqrt(se_rep**2 + se_dreg**2))[live]
+    z_stl = ((m_stl - m_rep).abs() / torch.sqrt(se_rep**2 + se_stl**2))[live]
+    # 20-odd parameters: a 4.5 sigma band leaves no room for a chance failure (p < 1e-4)
+    assert z_dreg.max() < 4.5, z_dreg
+    # the test has power: STL is biased for k > 1 (Tucker et al. 2018, sec. 3) and it sees that
+    assert z_stl.max() > 6, z_stl
+    assert (se_dreg < se_rep).float().mean() > 0.5  # and DReG is the less noisy one
+
+
+def test_vae_and_iwae_with_one_sample_agree_for_every_estimator():
+    model, x = small_model(3), binary_images(5)
+    for est in ESTIMATORS:
+        b_iwae, g_iwae, i_iwae = grads(IWAE(1, estimator=est), model, x, seed=11)
+        b_vae, g_vae, i_vae = grads(VAE(1, estimator=est), model, x, seed=11)
+        torch.testing.assert_close(b_iwae, b_vae)
+        torch.testing.assert_close(g_iwae, g_vae)
+        torch.testing.assert_close(i_iwae, i_vae)
+
+
+def test_stl_and_dreg_refuse_two_stochastic_layers():
+    model = IWAEModel(6, latent_dims=[3, 2], hidden_dims=[[4], [4]]).double()
+    with pytest.raises(UserError, match="objective.estimator=stl/dreg supports one stochastic"):
+        IWAE(3, estimator="dreg")(model, binary_images(2))
+    IWAE(3, estimator="reparam")(model, binary_images(2))  # the paper's estimator still works
+
+
+def test_bad_estimator_fails_at_construction():
+    with pytest.raises(UserError, match=r"objective.estimator must be one of reparam, stl, dreg"):
+        IWAE(5, estimator="DReG")
