@@ -67,8 +67,10 @@ class MinibatchIterable:
     ) -> None:
         self.data, self.batch_size, self.shuffle, self.dynamic = data, batch_size, shuffle, dynamic
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0  # the epoch the next (or current) iteration draws
+        self.epoch = 0  # the epoch the current iteration draws
         self.batches_done = 0  # batches already yielded in that epoch
+        self._started = False
+        self._restored = False
 
     def _rows(self) -> int:
         return math.ceil(len(self.data) / self.world_size)
@@ -76,7 +78,24 @@ class MinibatchIterable:
     def __len__(self) -> int:
         return math.ceil(self._rows() / self.batch_size)
 
+    def _begin_epoch(self) -> int:
+        """Advance to the epoch this iteration draws; return how many batches to skip.
+
+        Every new iteration is a new epoch (Lightning stops after ``len(self)`` batches without
+        exhausting the iterator, so the end of a generator can't mark the end of an epoch),
+        except the first after `load_state_dict`, which continues the checkpoint's epoch.
+        """
+        if self._restored:
+            self._restored = False
+            if self.batches_done >= len(self):
+                self.epoch, self.batches_done = self.epoch + 1, 0
+        elif self._started:
+            self.epoch, self.batches_done = self.epoch + 1, 0
+        self._started = True
+        return self.batches_done
+
     def __iter__(self):
+        skip = self._begin_epoch()
         g = epoch_generator(self.seed, self.epoch, self.data.device)
         n = len(self.data)
         if self.shuffle:
@@ -85,24 +104,21 @@ class MinibatchIterable:
             order = torch.arange(n, device=self.data.device)
         # DDP: every rank draws the same permutation and keeps its own slice of it.
         order = order[self.rank :: self.world_size]
-        skip, self.batches_done = self.batches_done, 0
-        for start in range(0, len(order), self.batch_size):
+        for i, start in enumerate(range(0, len(order), self.batch_size)):
             x = self.data[order[start : start + self.batch_size]]
-            if self.dynamic:
+            if self.dynamic:  # drawn even for skipped batches: the generator must replay exactly
                 x = torch.bernoulli(x, generator=g)
-            if skip:  # replaying batches already trained on before a resume
-                skip -= 1
+            if i < skip:
                 continue
-            self.batches_done += 1
+            self.batches_done = i + 1
             yield x
-        self.epoch += 1
-        self.batches_done = 0
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batches_done": self.batches_done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        self._started = self._restored = True
 
 
 class BinarizedDataModule(pl.LightningDataModule):

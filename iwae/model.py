@@ -98,13 +98,16 @@ class IWAEModel(nn.Module):
         self.input_dim, self.latent_dims = input_dim, list(latent_dims)
         below = [input_dim, *latent_dims[:-1]]  # what each stochastic layer conditions on
         self.encoder = nn.ModuleList(
-            GaussianLayer(n_in, hid, n_out) for n_in, hid, n_out in zip(below, hidden_dims, latent_dims)
+            GaussianLayer(n_in, hid, n_out)
+            for n_in, hid, n_out in zip(below, hidden_dims, latent_dims)
         )
         # decoder[l] models h_l given h_{l+1} (h_0 = x); decoder[0] is the Bernoulli output.
-        self.decoder = nn.ModuleList([BernoulliLayer(latent_dims[0], hidden_dims[0][::-1], input_dim)])
+        self.decoder = nn.ModuleList(
+            [BernoulliLayer(latent_dims[0], hidden_dims[0][::-1], input_dim)]
+        )
         self.decoder.extend(
-            GaussianLayer(latent_dims[l + 1], hidden_dims[l + 1][::-1], latent_dims[l])
-            for l in range(len(latent_dims) - 1)
+            GaussianLayer(latent_dims[i + 1], hidden_dims[i + 1][::-1], latent_dims[i])
+            for i in range(len(latent_dims) - 1)
         )
         self.reset_parameters()
 
@@ -117,7 +120,7 @@ class IWAEModel(nn.Module):
 
     @torch.no_grad()
     def init_output_bias(self, pixel_mean: Tensor) -> None:
-        """Set the output bias to the logit of the training mean pixel, clipped to [1e-3, 1-1e-3]."""
+        """Output bias := logit of the training mean pixel, clipped to [0.001, 0.999]."""
         p = pixel_mean.clamp(1e-3, 1 - 1e-3).to(self.decoder[0].head.bias)
         self.decoder[0].head.bias.copy_(torch.log(p) - torch.log1p(-p))
 
@@ -153,17 +156,21 @@ class IWAEModel(nn.Module):
         h, samples = x, []
         for layer in self.encoder:
             mean, log_std = layer(h)  # first layer: [B, d], once per image; deeper: [k, B, d]
-            eps = torch.randn((k, *mean.shape[-2:]), generator=generator, device=x.device, dtype=x.dtype)
+            eps = torch.randn(
+                (k, *mean.shape[-2:]), generator=generator, device=x.device, dtype=x.dtype
+            )
             h = mean + torch.exp(log_std) * eps
             if detach_q:
                 log_q = log_q + gaussian_log_prob(h, mean.detach(), log_std.detach())
             else:  # (h - mean) / std is eps exactly: skip recomputing it
-                log_q = log_q + (-0.5 * eps.square() - log_std).sum(-1) - eps.shape[-1] * HALF_LOG_2PI
+                log_q = (
+                    log_q + (-0.5 * eps.square() - log_std).sum(-1) - eps.shape[-1] * HALF_LOG_2PI
+                )
             samples.append(h)
         log_p = standard_normal_log_prob(samples[-1])
-        for l in range(len(samples) - 1, 0, -1):
-            mean, log_std = self.decoder[l](samples[l])
-            log_p = log_p + gaussian_log_prob(samples[l - 1], mean, log_std)
+        for i in range(len(samples) - 1, 0, -1):
+            mean, log_std = self.decoder[i](samples[i])
+            log_p = log_p + gaussian_log_prob(samples[i - 1], mean, log_std)
         log_p = log_p + bernoulli_log_prob(x, self.decoder[0](samples[0]))
         return log_p - log_q
 
@@ -172,13 +179,17 @@ class IWAEModel(nn.Module):
         """Ancestral samples from p: the Bernoulli means of x, ``[n, D]``."""
         device = self.decoder[0].head.weight.device
         h = torch.randn(n, self.latent_dims[-1], generator=generator, device=device)
-        for l in range(len(self.latent_dims) - 1, 0, -1):
-            mean, log_std = self.decoder[l](h)
-            h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=device)
+        for i in range(len(self.latent_dims) - 1, 0, -1):
+            mean, log_std = self.decoder[i](h)
+            h = mean + torch.exp(log_std) * torch.randn(
+                mean.shape, generator=generator, device=device
+            )
         return torch.sigmoid(self.decoder[0](h))
 
     @torch.no_grad()
-    def encoder_means(self, x: Tensor, n_samples: int = 100, generator: torch.Generator | None = None) -> list[Tensor]:
+    def encoder_means(
+        self, x: Tensor, n_samples: int = 100, generator: torch.Generator | None = None
+    ) -> list[Tensor]:
         """E_q[h_l | x] for every stochastic layer, each ``[B, d_l]``.
 
         The first layer's mean is exact; a deeper layer's is averaged over ``n_samples`` draws
@@ -186,9 +197,13 @@ class IWAEModel(nn.Module):
         """
         mean, log_std = self.encoder[0](x)
         means = [mean]
-        h = mean + torch.exp(log_std) * torch.randn((n_samples, *mean.shape), generator=generator, device=x.device)
+        h = mean + torch.exp(log_std) * torch.randn(
+            (n_samples, *mean.shape), generator=generator, device=x.device
+        )
         for layer in self.encoder[1:]:
             mean, log_std = layer(h)
             means.append(mean.mean(0))
-            h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=x.device)
+            h = mean + torch.exp(log_std) * torch.randn(
+                mean.shape, generator=generator, device=x.device
+            )
         return means

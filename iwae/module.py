@@ -50,6 +50,10 @@ class IWAEModule(pl.LightningModule):
             self.log("train/bound", out.bound.mean(), prog_bar=True, batch_size=x.shape[0])
         return out.loss
 
+    def on_train_epoch_start(self) -> None:
+        # A staged objective (vae_to_iwae, Table 2) picks its stage from the epoch.
+        self.objective.on_train_epoch_start(self.current_epoch)
+
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         bound = log_likelihood(self.model, x, self.val_k, chunk_size=self.val_k).float()
         self.log("val/bound", bound.mean(), prog_bar=True, batch_size=x.shape[0])
@@ -57,7 +61,10 @@ class IWAEModule(pl.LightningModule):
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model.parameters())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.config is not None:

@@ -29,12 +29,16 @@ def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
         raise
 
 
-def save_sample_grid(model, image_shape: tuple[int, ...], path: str | os.PathLike, n: int = 64, seed: int = 0) -> None:
+def save_sample_grid(
+    model, image_shape: tuple[int, ...], path: str | os.PathLike, n: int = 64, seed: int = 0
+) -> None:
     """A PNG grid of ``n`` model samples (Bernoulli means) via torchvision's image grid."""
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     images = model.sample(n, generator=g).cpu().view(n, 1, *image_shape[-2:])
-    torchvision.utils.save_image(images, str(path), nrow=int(math.sqrt(n)), padding=2, pad_value=1.0)
+    torchvision.utils.save_image(
+        images, str(path), nrow=int(math.sqrt(n)), padding=2, pad_value=1.0
+    )
 
 
 def format_results(metrics: dict[str, Any]) -> str:
@@ -46,7 +50,10 @@ def format_results(metrics: dict[str, Any]) -> str:
         ("data", metrics.get("data")),
         ("train/steps", metrics.get("train/steps")),
         ("val/bound", _fmt(metrics.get("val/bound"))),
-        (f"test/nll (k={metrics.get('eval/k')})", _fmt(metrics.get("test/nll"), metrics.get("test/nll_stderr"))),
+        (
+            f"test/nll (k={metrics.get('eval/k')})",
+            _fmt(metrics.get("test/nll"), metrics.get("test/nll_stderr")),
+        ),
         ("test/active_units", _units(metrics)),
     ]
     width = max(len(name) for name, _ in rows)

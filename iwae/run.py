@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from iwae.checkpointing import atomic_checkpoint_plugins, check_state_dict_matches, load_checkpoint
 from iwae.errors import UserError
 from iwae.evaluation import active_units, evaluate_nll
+from iwae.finetune import load_init_weights
+from iwae.launch import check_ddp_launch, set_torch_threads  # also: W&B sweep resolvers
 from iwae.module import IWAEModule
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
 
@@ -60,14 +62,21 @@ def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.T
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(output_dir),
+        # Atomic checkpoint writes and weights_only loads (iwae/checkpointing.py).
+        plugins=atomic_checkpoint_plugins([build(p) for p in cfg.trainer.get("plugins") or []]),
     )
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` means this run directory's last checkpoint; anything else must exist."""
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: bool = False) -> str | None:
+    """``last`` means this run directory's last checkpoint; anything else must exist.
+
+    ``resume=True`` (no ckpt_path) continues from ``last`` if there is one and starts afresh
+    otherwise, so one command serves the first start and every restart after a kill or requeue.
+    """
+    last = output_dir / "checkpoints" / "last.ckpt"
     if ckpt_path in (None, "", "null"):
-        return None
-    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+        return str(last) if resume and last.is_file() else None
+    path = last if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<existing .ckpt file>")
     return str(path)
@@ -89,20 +98,36 @@ def evaluate(cfg: DictConfig, module: IWAEModule, datamodule) -> dict[str, Any]:
     }
 
 
+def hydra_choices() -> dict[str, str]:
+    """The config-group options of this run (``model: two_layer``), when Hydra is running."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+    except ValueError:  # composed outside a Hydra run (tests, notebooks)
+        return {}
+
+
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Fit the configured model and write ``metrics.json``; return the metrics."""
+    check_ddp_launch(cfg.trainer)
+    set_torch_threads(cfg.get("threads"))  # parallel runs (joblib, SLURM) share the cores
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
     datamodule.prepare()
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, module, output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("resume", False))
+    if cfg.get("init_from") and not ckpt_path:  # a resumed fine-tune run has its own weights
+        load_init_weights(module, cfg.init_from)  # Table 2: weights only, fresh optimizer
+    if ckpt_path:  # one clear line for a truncated, unsafe or mismatched file, before Lightning
+        check_state_dict_matches(load_checkpoint(ckpt_path), module, ckpt_path)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics: dict[str, Any] = {
         "objective": module.objective.name,
         "k": module.objective.k,
-        "model": cfg.model.get("name", "custom"),
+        "model": hydra_choices().get("model", "custom"),
         "data": datamodule.name,
         "binarization": datamodule.binarization,
         "seed": cfg.seed,
