@@ -16,7 +16,11 @@ from iwae.checkpointing import atomic_checkpoint_plugins, check_state_dict_match
 from iwae.errors import UserError
 from iwae.evaluation import active_units, evaluate_nll
 from iwae.finetune import load_init_weights
-from iwae.launch import check_ddp_launch, set_torch_threads  # also: W&B sweep resolvers
+from iwae.launch import (  # importing it also registers the W&B sweep resolvers
+    check_ddp_launch,
+    finish_wandb,
+    set_torch_threads,
+)
 from iwae.module import IWAEModule
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
 
@@ -144,5 +148,6 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         metrics.update(evaluate(cfg, module, datamodule))
         save_sample_grid(module.model, datamodule.image_shape, output_dir / "samples.png")
     write_json_atomic(output_dir / "metrics.json", metrics)
+    finish_wandb(trainer, metrics)  # the next run of a sweep in this process gets its own
     print(format_results(metrics))
     return metrics
