@@ -41,6 +41,9 @@ class BinarizedMNISTDataModule(FileDataModule):
         ),
     )
 
+    def __init__(self, binarization: str = "fixed", **kw) -> None:
+        super().__init__(binarization=binarization, **kw)
+
     def load_splits(self) -> DataSplits:
         if self.binarization == "dynamic":
             log.warning(
