@@ -4,9 +4,10 @@
 
 ``train.py`` reports the test NLL only; overfitting needs the NLL of the training images too.
 This loads each run's last checkpoint, rebuilds its DataModule from the config stored in the
-checkpoint, and estimates both with `iwae.evaluation.evaluate_nll` (same k, same seed):
+checkpoint, and estimates both with `iwae.evaluation.evaluate_nll` (the run's ``eval.k`` and
+``eval.seed`` unless told otherwise):
 
-- train: the first ``--train-images`` training images as the model saw them: the one fixed
+- train: the training images (or the first ``--train-images``) as the model saw them: the one fixed
   sample (``fixed``), or one sample drawn with the evaluation seed (``dynamic``: each epoch saw
   a fresh one, so any one sample is as representative as another);
 - test: the test split, binarized once with the evaluation seed, as in ``train.py``.
@@ -52,9 +53,13 @@ def batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(x.split(size))
 
 
-def study_run(run_dir: Path, k: int, train_images: int, chunk_size: int) -> dict[str, Any]:
-    """Train NLL, test NLL and their gap (nats) of one run."""
+def study_run(
+    run_dir: Path, k: int | None, train_images: int | None, chunk_size: int
+) -> dict[str, Any]:
+    """Train NLL, test NLL and their gap (nats) of one run; ``k`` defaults to the run's
+    ``eval.k``, ``train_images`` to the whole training split."""
     model, dm, config = load_run(run_dir)
+    k = k or config.get("eval", {}).get("k", 1000)
     train = dm.splits.train[:train_images]
     if dm.dynamic:  # stored as probabilities: evaluate one fixed sample of them
         train = binarize_once(train, dm.eval_seed + 2)
@@ -102,8 +107,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", type=Path)
-    parser.add_argument("--k", type=int, default=1000, help="importance samples per image")
-    parser.add_argument("--train-images", type=int, default=1000, help="training images scored")
+    parser.add_argument("--k", type=int, help="importance samples per image (default: eval.k)")
+    parser.add_argument("--train-images", type=int, help="training images scored (default: all)")
     parser.add_argument("--chunk-size", type=int, default=250)
     args = parser.parse_args(argv)
     try:
