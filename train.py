@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from iwae.cli import exit_on_bad_overrides
+from iwae.cli import exit_on_bad_overrides, quiet_third_party_noise
 from iwae.errors import UserError
 from iwae.run import train
 
@@ -30,4 +30,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     exit_on_bad_overrides()
+    quiet_third_party_noise()
     main()

@@ -6,7 +6,9 @@ the valid choices instead and exits with status 2.
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -44,3 +46,14 @@ def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def quiet_third_party_noise() -> None:
+    """Drop messages that mislead or distract on every run: Lightning's advert for its cloud
+    logger, its hint to use ``srun`` whenever SLURM is installed (runs here are launched by
+    Hydra's submitit launcher instead), and a deprecation inside Lightning's own code."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
