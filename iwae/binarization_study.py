@@ -46,6 +46,15 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
     model = instantiate(cfg.model, input_dim=datamodule.input_dim)
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
+    metrics_file = run_dir / "metrics.json"
+    steps = (
+        json.loads(metrics_file.read_text()).get("train/steps") if metrics_file.is_file() else None
+    )
+    if steps is not None and ckpt.get("global_step") != steps:
+        raise UserError(
+            f"{ckpt_path} is from step {ckpt.get('global_step')} but the run trained {steps} "
+            "steps: save last.ckpt every epoch (callbacks.checkpoint.monitor=null)"
+        )
     return model.eval(), datamodule, config
 
 
