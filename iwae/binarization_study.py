@@ -41,6 +41,8 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
     if config is None:  # older checkpoints: the config Hydra saved beside the run
         config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
     cfg = OmegaConf.create(config)
+    if config.get("threads"):  # the share of the cores the run itself was given
+        torch.set_num_threads(int(config["threads"]))
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
     model = instantiate(cfg.model, input_dim=datamodule.input_dim)
