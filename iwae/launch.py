@@ -12,6 +12,7 @@ Importing this module registers the OmegaConf resolvers that ``conf/logger/wandb
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -23,6 +24,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from iwae.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # W&B's limits: a run's group at most 128 characters, each tag at most 64.
 MAX_GROUP, MAX_TAG = 128, 64
@@ -66,12 +69,13 @@ def sweep_tags() -> list[str]:
     return [str(o)[:MAX_TAG] for o in hc.overrides.task]
 
 
-def gpus_for(accelerator: Any, devices: Any) -> int:
+def gpus_for(accelerator: Any, devices: Any) -> int | None:
     """GPUs per node a SLURM job needs for ``Trainer(accelerator, devices)``: ``devices`` on a
-    GPU accelerator, else none (``auto`` asks for none: say ``gpu`` to get GPUs)."""
+    GPU accelerator, else None, which leaves ``--gpus-per-node`` out of the job script (a
+    cluster without GPUs may reject even ``=0``). ``auto`` asks for none: say ``gpu``."""
     if str(accelerator) in ("gpu", "cuda") and isinstance(devices, int) and devices > 0:
         return devices
-    return 0
+    return None
 
 
 for _name, _fn in {
@@ -96,7 +100,16 @@ def set_torch_threads(threads: int | None) -> int:
         if wanted < 1:
             raise UserError(f"threads must be a positive integer or null, got {wanted!r}")
         torch.set_num_threads(wanted)
+    # In the run's train.log: what a slow parallel sweep's first suspect is.
+    log.info("torch threads: %d", torch.get_num_threads())
     return torch.get_num_threads()
+
+
+def resume_requested(resume: bool) -> bool:
+    """``resume``, or this is a SLURM job that was requeued (preempted, or out of time and
+    requeued by submitit): its run directory holds the last.ckpt to continue from."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return bool(resume) or (restarts.isdigit() and int(restarts) > 0)
 
 
 def _starts_own_processes(trainer_cfg: DictConfig) -> bool:

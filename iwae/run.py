@@ -19,6 +19,7 @@ from iwae.finetune import load_init_weights
 from iwae.launch import (  # importing it also registers the W&B sweep resolvers
     check_ddp_launch,
     finish_wandb,
+    resume_requested,
     set_torch_threads,
 )
 from iwae.module import IWAEModule
@@ -121,7 +122,8 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     datamodule.prepare()
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, module, output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("resume", False))
+    resume = resume_requested(cfg.get("resume"))  # also true in a requeued SLURM job
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, resume)
     if cfg.get("init_from") and not ckpt_path:  # a resumed fine-tune run has its own weights
         load_init_weights(module, cfg.init_from)  # Table 2: weights only, fresh optimizer
     if ckpt_path:  # one clear line for a truncated, unsafe or mismatched file, before Lightning

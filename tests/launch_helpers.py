@@ -1,0 +1,93 @@
+"""Running ``train.py`` as a user would (a subprocess) for the launcher, DDP and SLURM tests.
+
+Sweeps and DDP must run outside pytest: Lightning's ``strategy=ddp`` starts rank 1 by
+re-running the command line, which inside pytest is pytest itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "train.py"
+
+# A run that finishes in seconds on a CPU: 200 training images (10 steps), a tiny evaluation.
+TINY = [
+    "data.split=[200,50,50]",
+    "schedule.epochs=1",
+    "eval.k=20",
+    "eval.val_k=5",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def train_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment for a run: W&B offline, and its caches under ``tmp``, not in $HOME."""
+    env = dict(os.environ)
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_CACHE_DIR=str(tmp / "wandb-cache"),
+        WANDB_CONFIG_DIR=str(tmp / "wandb-config"),
+        WANDB_DATA_DIR=str(tmp / "wandb-data"),
+        WANDB_SILENT="true",
+    )
+    env.update(extra)
+    return env
+
+
+def run_train(
+    args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python train.py *args`` in ``cwd``; fails the test with the output's tail if it fails."""
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN), *args],
+        cwd=cwd,
+        env=env or train_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"train.py {' '.join(args)} failed:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def run_dirs(sweep_dir: Path) -> list[Path]:
+    """A sweep's run directories (``0``, ``1``, ...) in job order."""
+    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def wandb_run_files(run_dir: Path) -> list[Path]:
+    """The offline W&B runs in a run directory (``wandb/offline-run-*/run-*.wandb``)."""
+    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def check_report(sweep_dir: Path, timeout: float = 120) -> str | None:
+    """``python -m iwae.report <sweep>``'s output (it must succeed); None if there is no report."""
+    if importlib.util.find_spec("iwae.report") is None:
+        return None
+    proc = subprocess.run(
+        [sys.executable, "-m", "iwae.report", str(sweep_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"iwae.report failed:\n{proc.stderr[-4000:]}"
+    assert proc.stdout.strip(), "iwae.report printed nothing"
+    return proc.stdout
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.5) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
