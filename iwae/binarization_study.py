@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from datamodules.base import binarize_once
+from iwae.checkpointing import load_checkpoint
 from iwae.errors import UserError
 from iwae.evaluation import evaluate_nll
 from iwae.outputs import write_json_atomic
@@ -36,7 +37,7 @@ from iwae.outputs import write_json_atomic
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
     """``(model, prepared datamodule, config)`` of one run, from ``checkpoints/last.ckpt``."""
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(ckpt_path)  # weights_only=True: a checkpoint cannot run code
     config = ckpt.get("iwae_config")
     if config is None:  # older checkpoints: the config Hydra saved beside the run
         config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))

@@ -1,0 +1,262 @@
+"""Callbacks that make a run survive kills, preemption and non-finite values.
+
+- `RNGStateCheckpoint` puts every global random generator into each checkpoint, so a resumed
+  run draws the same noise as an uninterrupted one (Lightning saves none of them).
+- `NonFiniteGuard` stops (or skips the step) before a NaN/inf loss or gradient reaches the
+  weights, so the last checkpoint stays good.
+- `PreemptionCheckpoint` turns SIGTERM/SIGUSR1 (SLURM's preemption and time-limit signals) into
+  "save last.ckpt at the next step boundary, then exit".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from iwae.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+# --- random generators -------------------------------------------------------------------------
+def collect_rng_state() -> dict[str, Any]:
+    """This process's global generators, as tensors and plain data (loadable with
+    ``weights_only=True``: numpy's key array is stored as a tensor, not a pickled ndarray)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "torch.cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch.cuda"])
+
+
+class RNGStateCheckpoint(Callback):
+    """Saves the global torch (CPU and CUDA), numpy and Python generators in every checkpoint
+    and restores them on resume.
+
+    Training noise (the reparameterisation samples) and the validation bound draw from the
+    global torch generator; data order and dynamic binarization have their own per-epoch
+    generators in the data iterable, whose state Lightning saves itself. Each rank's state is
+    kept (gathered on save), so DDP ranks continue their own streams.
+    """
+
+    def __init__(self) -> None:
+        self._world_size, self._rank = 1, 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._world_size, self._rank = trainer.world_size, trainer.global_rank
+
+    def state_dict(self) -> dict[str, Any]:
+        # Called on every rank during trainer.save_checkpoint (a collective), so gathering is safe.
+        states = [collect_rng_state()]
+        if self._world_size > 1 and torch.distributed.is_initialized():
+            states = [None] * self._world_size
+            torch.distributed.all_gather_object(states, collect_rng_state())
+        return {"ranks": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ranks = state_dict.get("ranks") or []
+        if self._rank < len(ranks):
+            restore_rng_state(ranks[self._rank])
+        else:
+            log.warning(
+                "checkpoint has no RNG state for rank %d; its noise will differ", self._rank
+            )
+
+
+# --- non-finite values -------------------------------------------------------------------------
+class NonFiniteError(UserError):
+    """Training produced a NaN or infinite loss or gradient (reported as one line, exit 2)."""
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One boolean tensor: are all entries of all ``tensors`` finite? (no host sync here)"""
+    if not tensors:
+        return torch.tensor(True)
+    # The max-abs norm is NaN/inf exactly when an entry is; unlike the 2-norm it cannot overflow.
+    norms = torch._foreach_norm(tensors, math.inf)
+    return torch.isfinite(torch.stack(norms)).all()
+
+
+class NonFiniteGuard(Callback):
+    """Checks the loss and the gradients before every optimizer step.
+
+    Args:
+        action: ``stop``: raise `NonFiniteError` naming the step, the epoch and the quantity,
+            before the update, so the weights and every checkpoint stay as they were.
+            ``skip``: drop the update (gradients set to None, so Adam leaves its moments and
+            step count alone) and count it in ``train/nonfinite_skipped``.
+        max_skips: with ``skip``, stop anyway after this many skipped steps (a run that keeps
+            producing NaNs will not recover); null for no limit.
+    """
+
+    ACTIONS = ("stop", "skip")
+
+    def __init__(self, action: str = "stop", max_skips: int | None = 100) -> None:
+        if action not in self.ACTIONS:
+            raise UserError(
+                f"callbacks.nonfinite.action must be one of {', '.join(self.ACTIONS)}; "
+                f"got {action!r}"
+            )
+        self.action, self.max_skips = action, max_skips
+        self.skipped = 0
+        self._loss: torch.Tensor | None = None
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        self._loss = loss.detach()  # checked together with the gradients: one sync per step
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        loss = self._loss if self._loss is not None else torch.tensor(0.0)
+        ok = torch.isfinite(loss).all() & _all_finite(grads).to(loss.device)
+        if bool(ok):
+            return
+        quantity = self._describe(pl_module, loss)
+        where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+        if self.action == "stop" or (self.max_skips is not None and self.skipped >= self.max_skips):
+            limit = "" if self.action == "stop" else f" after skipping {self.skipped} steps"
+            raise NonFiniteError(
+                f"non-finite {quantity} {where}{limit}; stopped before the update, so the last "
+                "checkpoint is untouched. Lower optimizer.lr, or set "
+                "callbacks.nonfinite.action=skip to skip such steps"
+            )
+        self.skipped += 1
+        log.warning("skipping the update %s: non-finite %s", where, quantity)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if self.skipped:
+            pl_module.log("train/nonfinite_skipped", float(self.skipped), batch_size=1)
+
+    @staticmethod
+    def _describe(pl_module: pl.LightningModule, loss: torch.Tensor) -> str:
+        if not torch.isfinite(loss).all():
+            return f"loss ({loss.float().mean().item()})"
+        for name, p in pl_module.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                return f"gradient of {name}"
+        return "gradient"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
+
+# --- preemption --------------------------------------------------------------------------------
+class PreemptionCheckpoint(Callback):
+    """On SIGTERM or SIGUSR1: finish the current step, save ``last.ckpt``, exit with 128 + signum.
+
+    The handler only records the signal: saving inside a signal handler could catch the
+    optimizer mid-update. The checkpoint is written at the next ``on_train_batch_end``, the
+    same point where periodic checkpoints are written, so resuming from it is exact. Handlers
+    that were installed before (Lightning's SLURM requeue, submitit's) run after the save.
+    Under DDP the ranks agree on stopping through one all-reduce per step.
+
+    Args:
+        signals: names of the signals to handle.
+    """
+
+    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1")) -> None:
+        try:
+            self.signals = [
+                signal.Signals[name] if isinstance(name, str) else signal.Signals(name)
+                for name in signals
+            ]
+        except (KeyError, ValueError) as err:
+            raise UserError(f"callbacks.preemption.signals: unknown signal {err}") from None
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signal.Signals(signum)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning registers its handlers just before training starts; ours go on top of them.
+        for sig in self.signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals to whoever owns them
+                pass
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if stop:
+            self._save_and_exit(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.received is not None:  # arrived during the last validation
+            self._save_and_exit(trainer)
+        self._restore_handlers()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exc: BaseException
+    ) -> None:
+        self._restore_handlers()
+
+    def _save_and_exit(self, trainer: pl.Trainer) -> None:
+        sig = self.received or signal.SIGTERM
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        previous = self._previous.get(sig)
+        self._restore_handlers()
+        if callable(previous):  # e.g. a requeue handler: now that the checkpoint exists
+            previous(sig, None)
+        if trainer.is_global_zero:
+            print(
+                f"preempted by {sig.name} at step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}): saved {path}; continue with the same command plus "
+                f"resume=true hydra.run.dir={Path(trainer.default_root_dir)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise SIGTERMException(128 + int(sig))
+
+
+def last_checkpoint_path(trainer: pl.Trainer) -> Path:
+    """Where ``resume=true`` looks: the ModelCheckpoint's directory, else ``<run>/checkpoints``."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            return Path(cb.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
