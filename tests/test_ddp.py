@@ -1,0 +1,65 @@
+"""``trainer=ddp_cpu``: two gloo processes train one run; rank 0 alone writes its outputs.
+
+DDP runs as a subprocess (``python train.py trainer=ddp_cpu``): inside pytest Lightning would
+start rank 1 by re-running the pytest command line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from iwae import evaluation  # not `import test_metrics`: pytest would collect it
+from iwae.errors import UserError
+from iwae.eval_checkpoint import load_run
+from iwae.launch import check_ddp_launch
+from iwae.run import train
+from tests.conftest import compose_config
+from tests.launch_helpers import TINY, run_train, wandb_run_files
+
+# Two epochs; binarization fixed so both runs see the same training images.
+SHARED = [*TINY, "schedule.epochs=2", "data.binarization=fixed"]
+
+
+def test_ddp_cpu_matches_single_process(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ddp"
+    # 2 processes x 10 images = the single process's batch of 20: the same steps per epoch.
+    ddp_args = ["trainer=ddp_cpu", "data.batch_size=10", "threads=1", *SHARED]
+    run_train([*ddp_args, f"hydra.run.dir={run_dir}"], tmp_path, timeout=300)
+
+    ddp = json.loads((run_dir / "metrics.json").read_text())
+    single_dir = tmp_path / "single"
+    single = train(compose_config(["logger=none", *SHARED], single_dir), single_dir)
+    assert ddp["train/steps"] == single["train/steps"] == 20
+
+    # One set of outputs, from rank 0: one W&B run, nothing written beside the run directory.
+    assert len(wandb_run_files(run_dir)) == 1
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+    # Rank 0's final evaluation is a single-process evaluation of the checkpoint it saved.
+    loaded = load_run(run_dir / "checkpoints" / "last.ckpt")
+    again = evaluation.test_metrics(loaded.model, loaded.test_batches(), loaded.config.eval)
+    assert again["test/nll"] == pytest.approx(ddp["test/nll"], abs=1e-3)
+
+    # Same data, same effective batch; only the noise differs (each rank draws its own).
+    assert ddp["test/nll"] == pytest.approx(single["test/nll"], abs=2.0)
+
+
+def test_ddp_refused_in_a_local_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local multirun of a re-launching strategy would run the whole sweep again per rank."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    trainer = OmegaConf.create({"strategy": "ddp", "devices": 2, "num_nodes": 1})
+    for var in ("SLURM_PROCID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    fake = OmegaConf.create({"mode": RunMode.MULTIRUN})
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: fake))
+    with pytest.raises(UserError, match="hydra/launcher=slurm"):
+        check_ddp_launch(trainer)
+    monkeypatch.setenv("SLURM_PROCID", "0")  # srun started the ranks: nothing is re-run
+    check_ddp_launch(trainer)
