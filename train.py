@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from iwae.cli import exit_on_bad_overrides, quiet_third_party_noise
 from iwae.errors import UserError
+from iwae.eval_checkpoint import evaluate_checkpoint
 from iwae.run import train
 
 
@@ -21,7 +22,10 @@ from iwae.run import train
 def main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg, output_dir)
+        if cfg.get("mode", "train") not in ("train", "eval"):
+            raise UserError(f"unknown mode {cfg.mode!r}; choose one of: train, eval")
+        run = evaluate_checkpoint if cfg.get("mode") == "eval" else train
+        metrics = run(cfg, output_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from iwae.checkpointing import atomic_checkpoint_plugins, check_state_dict_matches, load_checkpoint
 from iwae.errors import UserError
-from iwae.evaluation import active_units, evaluate_nll
+from iwae.evaluation import test_metrics
 from iwae.finetune import load_init_weights
 from iwae.launch import (  # importing it also registers the W&B sweep resolvers
     check_ddp_launch,
@@ -88,19 +88,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: bool = Fa
 
 
 def evaluate(cfg: DictConfig, module: IWAEModule, datamodule) -> dict[str, Any]:
-    """The paper's test measures: NLL with eval.k samples and active units per layer."""
-    model = module.model.eval()
-    test = list(datamodule.test_dataloader())
-    nll = evaluate_nll(model, test, cfg.eval.k, cfg.eval.chunk_size, cfg.eval.seed)
-    units, _ = active_units(model, test, cfg.eval.active_threshold, seed=cfg.eval.seed)
-    return {
-        "test/nll": nll["nll"],
-        "test/nll_stderr": nll["nll_stderr"],
-        "test/images": nll["images"],
-        "eval/k": cfg.eval.k,
-        "test/active_units": sum(units),
-        "test/active_units_per_layer": units,
-    }
+    """The paper's test measures (NLL with eval.k samples, active units per layer): the same
+    keys `python train.py mode=eval` writes for a saved checkpoint."""
+    return test_metrics(module.model, datamodule.test_dataloader(), cfg.eval)
 
 
 def hydra_choices() -> dict[str, str]:
