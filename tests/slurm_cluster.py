@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
-BINARIES = (*DAEMONS, "mungekey", "sbatch", "sinfo", "scontrol")
+BINARIES = (*DAEMONS, "mungekey", "sbatch", "sinfo", "squeue", "scontrol", "scancel")
 
 # Answers submitit's ``sacct -o JobID,State,NodeList --parsable2 -j ID ...`` from scontrol,
 # which knows every job for MinJobAge (300 s) after it ends: long enough for a test.
@@ -108,7 +108,9 @@ class LocalSlurmCluster:
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the daemons by the PIDs in their pid files (never by name: others may run some)."""
+        """Cancel this cluster's jobs, then stop the daemons by the PIDs in their pid files
+        (never by name: other clusters may run on this machine)."""
+        self._cancel_jobs(timeout)
         for name in reversed(DAEMONS):
             pid = self._pid(name)
             if pid is None:
@@ -122,6 +124,21 @@ class LocalSlurmCluster:
                 time.sleep(0.1)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+    def _cancel_jobs(self, timeout: float) -> None:
+        """A job's processes belong to slurmstepd, which outlives slurmd: cancel jobs first."""
+        if self._pid("slurmctld") is None:
+            return
+        user = str(os.getuid())
+        subprocess.run(["scancel", "-u", user], env=self.env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True
+            )
+            if out.returncode != 0 or not out.stdout.strip():
+                return
+            time.sleep(0.5)
 
     def __enter__(self) -> LocalSlurmCluster:
         return self.start()

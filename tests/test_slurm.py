@@ -1,0 +1,147 @@
+"""Sweeps through ``hydra/launcher=slurm`` (submitit) on a real one-node SLURM cluster started
+on this machine (tests/slurm_cluster.py), and a preempted job that requeues and resumes.
+
+Slow (a minute or more each); ``.ci/run`` runs them with IWAE_REQUIRE_SLURM=1, which turns a
+missing SLURM installation from a skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iwae.checkpointing import load_checkpoint
+from tests.launch_helpers import (
+    TINY,
+    TRAIN,
+    check_report,
+    run_dirs,
+    run_train,
+    train_env,
+    wait_for,
+    wandb_run_files,
+)
+from tests.slurm_cluster import LocalSlurmCluster, missing_binaries
+
+pytestmark = pytest.mark.slow
+
+# One CPU per job so both runs of a sweep fit on a 2-core node at once; no memory request (the
+# node's RealMemory is what the machine has); a time limit far from the test's length, so
+# submitit reads a signal as preemption, not as a timeout.
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=null",
+    "hydra.launcher.timeout_min=60",
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
+    problem = None
+    if missing_binaries():
+        problem = "SLURM is not installed: " + ", ".join(missing_binaries())
+    elif os.geteuid() != 0:
+        problem = "a local SLURM cluster needs root (slurmd starts jobs as their user)"
+    if problem:
+        if os.environ.get("IWAE_REQUIRE_SLURM") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    slurm = LocalSlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield slurm
+    finally:
+        slurm.stop()
+
+
+def _env(cluster: LocalSlurmCluster, tmp: Path) -> dict[str, str]:
+    """A run's environment plus the cluster's: submitit calls sbatch/sacct, jobs call srun."""
+    return train_env(tmp, SLURM_CONF=cluster.env["SLURM_CONF"], PATH=cluster.env["PATH"])
+
+
+def _slurm(cluster: LocalSlurmCluster, *args: str) -> str:
+    out = subprocess.run(
+        list(args), env=cluster.env, capture_output=True, text=True, timeout=30, check=True
+    )
+    return out.stdout
+
+
+def _requeued(cluster: LocalSlurmCluster, job: str) -> bool:
+    """Back in the queue after its first run (before that, SLURM would undo a StartTime)."""
+    info = _slurm(cluster, "scontrol", "show", "job", "-o", job)
+    return "Restarts=1" in info and "JobState=PENDING" in info
+
+
+def test_two_run_sweep_through_submitit(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
+    sweep = tmp_path / "multirun" / "on_slurm"
+    args = ["-m", *SLURM, "objective=vae,iwae", f"hydra.sweep.dir={sweep}", *TINY]
+    run_train(args, tmp_path, timeout=900, env=_env(cluster, tmp_path))
+
+    dirs = run_dirs(sweep)
+    assert [d.name for d in dirs] == ["0", "1"]
+    for d, objective in zip(dirs, ["vae", "iwae"]):
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["objective"] == objective and metrics["train/steps"] == 10
+        assert (d / "checkpoints" / "last.ckpt").is_file()
+        (run_file,) = wandb_run_files(d)
+        assert b"on_slurm" in run_file.read_bytes()  # the sweep's W&B group
+        # The job's torch threads follow its --cpus-per-task, not the node's cores.
+        assert "torch threads: 1" in (d / "train.log").read_text()
+    assert list(sweep.glob(".submitit/*/*_submission.sh")) or list(sweep.glob(".submitit/*.sh"))
+    check_report(sweep)
+
+
+def test_preempted_job_requeues_and_resumes(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
+    """SIGUSR1 (SLURM's signal before a time limit or preemption): the run saves last.ckpt,
+    submitit requeues the job, and the job's second start continues from that checkpoint."""
+    sweep = tmp_path / "requeue"
+    epochs, steps_per_epoch = 60, 10
+    args = [
+        "-m",
+        *SLURM,
+        f"hydra.sweep.dir={sweep}",
+        "logger=none",
+        *TINY,
+        f"schedule.epochs={epochs}",
+    ]
+    with open(tmp_path / "launcher.log", "w") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, str(TRAIN), *args],
+            cwd=tmp_path,
+            env=_env(cluster, tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    job = ""
+    try:
+        wait_for(last.is_file, 300, "the job's first checkpoint")
+        job = _slurm(cluster, "squeue", "-h", "-o", "%i").split()[0]
+        _slurm(cluster, "scancel", "--signal=USR1", job)
+        wait_for(lambda: _requeued(cluster, job), 120, "SLURM to requeue the job")
+        step_at_preemption = load_checkpoint(last)["global_step"]
+        # SLURM holds a requeued job for two minutes before it may start again: skip the wait.
+        _slurm(cluster, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        launcher.wait(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=30)
+    launcher_log = (tmp_path / "launcher.log").read_text()
+    assert launcher.returncode == 0, launcher_log[-4000:]
+
+    # submitit's messages go to the run's train.log, Lightning's to the job's stderr.
+    run_log = (sweep / "0" / "train.log").read_text()
+    assert "this job is preempted" in run_log and "Requeued job" in run_log
+    job_log = "".join(p.read_text() for p in sweep.glob(f".submitit/{job}*/*_log.err"))
+    assert f"Restoring states from the checkpoint path at {last}" in job_log
+    assert 0 < step_at_preemption < epochs * steps_per_epoch
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert metrics["train/steps"] == epochs * steps_per_epoch
+    assert metrics["train/epochs"] == epochs
