@@ -13,7 +13,6 @@ generative network and another for the inference network.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -364,8 +363,3 @@ class Staged(Objective):
 
     def __repr__(self) -> str:
         return f"Staged({self.stages[0]!r} -> {self.stages[1]!r} at epoch {self.switch_epoch})"
-
-
-def objectives_of(objective: Objective) -> Sequence[Objective]:
-    """The single objectives inside ``objective`` (a staged one has two)."""
-    return objective.stages if isinstance(objective, Staged) else (objective,)
