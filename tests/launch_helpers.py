@@ -67,19 +67,22 @@ def wandb_run_files(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
-def check_report(sweep_dir: Path, timeout: float = 120) -> str | None:
-    """``python -m iwae.report <sweep>``'s output (it must succeed); None if there is no report."""
+def check_report(sweep_dir: Path, runs: int, *flags: str, timeout: float = 300) -> str | None:
+    """``python -m iwae.report <sweep>`` succeeds and its table1.csv has a row per run.
+    Returns its output; None while the report module does not exist."""
     if importlib.util.find_spec("iwae.report") is None:
         return None
     proc = subprocess.run(
-        [sys.executable, "-m", "iwae.report", str(sweep_dir)],
+        [sys.executable, "-m", "iwae.report", *flags, str(sweep_dir)],
         cwd=ROOT,
+        env=train_env(sweep_dir),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert proc.returncode == 0, f"iwae.report failed:\n{proc.stderr[-4000:]}"
-    assert proc.stdout.strip(), "iwae.report printed nothing"
+    rows = (sweep_dir / "table1.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + runs, rows
     return proc.stdout
 
 

@@ -77,7 +77,6 @@ def test_basic_sweep_one_wandb_run_per_job_grouped_by_sweep(tmp_path: Path) -> N
         # W&B 0.31 ships no reader for offline runs; group and tags are plain strings in it.
         data = run_file.read_bytes()
         assert b"grouped" in data and tag in data
-    check_report(sweep)
 
 
 def test_joblib_sweep_runs_in_parallel_processes(tmp_path: Path) -> None:
@@ -89,4 +88,5 @@ def test_joblib_sweep_runs_in_parallel_processes(tmp_path: Path) -> None:
     share = max(1, joblib.cpu_count() // 2)
     for d in dirs:
         assert f"torch threads: {share}" in (d / "train.log").read_text()
-    check_report(sweep)
+    # The sweep report reads a joblib sweep (its checkpoint figures are left to the slow tests).
+    check_report(sweep, 2, "--no-checkpoints")

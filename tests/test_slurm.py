@@ -94,7 +94,7 @@ def test_two_run_sweep_through_submitit(cluster: LocalSlurmCluster, tmp_path: Pa
         # The job's torch threads follow its --cpus-per-task, not the node's cores.
         assert "torch threads: 1" in (d / "train.log").read_text()
     assert list(sweep.glob(".submitit/*/*_submission.sh")) or list(sweep.glob(".submitit/*.sh"))
-    check_report(sweep)
+    check_report(sweep, 2)  # the full report, checkpoint figures included
 
 
 def test_preempted_job_requeues_and_resumes(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
