@@ -150,7 +150,7 @@ class Objective:
     name = "objective"
 
     def __init__(self, k: int, estimator: str = "reparam") -> None:
-        self.k = check_positive_int("objective.k", k)
+        self.k = check_positive_int("k", k)  # the top-level setting objective.k reads
         self.estimator = check_estimator(estimator)
 
     @property

@@ -104,7 +104,7 @@ def test_staged_objective_switches_at_the_configured_epoch():
         (lambda: PIWAE(5, m=2, estimator="score"), "objective.estimator must be one of"),
         (lambda: Staged(VAE(1), IWAE(5), switch_epoch=0), "objective.switch_epoch must be"),
         (lambda: Staged(VAE(1), "iwae", switch_epoch=2), "objective.second must be a single"),
-        (lambda: IWAE(0), "objective.k must be an integer >= 1, got 0"),
+        (lambda: IWAE(0), "^k must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_settings_fail_at_construction(make, message):
