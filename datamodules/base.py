@@ -102,7 +102,11 @@ class MinibatchIterable:
             order = torch.randperm(n, generator=g, device=self.data.device)
         else:
             order = torch.arange(n, device=self.data.device)
-        # DDP: every rank draws the same permutation and keeps its own slice of it.
+        # DDP: every rank draws the same permutation and keeps its own slice of it. The
+        # permutation is padded with its first rows, as DistributedSampler does, so that every
+        # rank gets len(self) batches: a rank with one batch more waits forever in an all-reduce.
+        pad = self._rows() * self.world_size - n
+        order = torch.cat([order, order[:pad]]) if pad else order
         order = order[self.rank :: self.world_size]
         for i, start in enumerate(range(0, len(order), self.batch_size)):
             x = self.data[order[start : start + self.batch_size]]

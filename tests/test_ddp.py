@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from datamodules.base import MinibatchIterable
 from iwae import evaluation  # not `import test_metrics`: pytest would collect it
 from iwae.errors import UserError
 from iwae.eval_checkpoint import load_run
@@ -63,3 +65,17 @@ def test_ddp_refused_in_a_local_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
         check_ddp_launch(trainer)
     monkeypatch.setenv("SLURM_PROCID", "0")  # srun started the ranks: nothing is re-run
     check_ddp_launch(trainer)
+
+
+def test_every_rank_gets_as_many_batches() -> None:
+    """201 images on 2 ranks: both draw 11 batches (a rank with one more would hang DDP), and
+    together they cover every image, one of them twice."""
+    data = torch.arange(201.0).unsqueeze(1)
+    ranks = [MinibatchIterable(data, 10, True, False, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    batches = [list(r) for r in ranks]
+    assert len(batches[0]) == len(batches[1]) == len(ranks[0]) == 11
+    seen = torch.cat([torch.cat(b) for b in batches]).flatten()
+    assert len(seen) == 202 and set(seen.tolist()) == set(range(201))
+    # One process: every image once, as before.
+    single = list(MinibatchIterable(data, 10, True, False, seed=0))
+    assert sorted(torch.cat(single).flatten().tolist()) == list(range(201))
