@@ -42,7 +42,10 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> str | None:
 
 
 def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
-    message = check_overrides(sys.argv[1:] if argv is None else argv)
+    from iwae.config_check import check_override_keys  # misspelled keys, unparsable overrides
+
+    argv = sys.argv[1:] if argv is None else argv
+    message = check_overrides(argv) or check_override_keys(argv, CONF_DIR)
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from iwae.checkpointing import atomic_checkpoint_plugins, check_state_dict_matches, load_checkpoint
+from iwae.config_check import check_run_values
 from iwae.errors import UserError
 from iwae.evaluation import test_metrics
 from iwae.finetune import load_init_weights
@@ -105,6 +106,7 @@ def hydra_choices() -> dict[str, str]:
 
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Fit the configured model and write ``metrics.json``; return the metrics."""
+    check_run_values(cfg)  # eval.k and the like: fail now, not after training
     check_ddp_launch(cfg.trainer)
     set_torch_threads(cfg.get("threads"))  # parallel runs (joblib, SLURM) share the cores
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

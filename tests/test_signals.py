@@ -38,6 +38,8 @@ def resume_in_process(run_dir, reference) -> None:
     weights, expected = reference
     assert_same_weights(final_weights(run_dir), weights)
     assert comparable_metrics(metrics) == expected
+    # last.ckpt rewritten in place: no stale last-v1.ckpt beside it for the next resume to miss
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_sigterm_saves_then_exits_cleanly_and_resumes_exactly(tmp_path, reference):

@@ -1,0 +1,165 @@
+"""Bad input: each case stops with one line naming the problem (and the fix) and writes
+nothing that could pass for a result (no metrics.json, checkpoints or samples).
+
+Most cases run in-process (``train()`` raises the `UserError` that train.py prints as
+``error: <message>`` with exit status 2); a few go through ``python train.py`` to check that
+path end to end, and the slow run repeats every case that way. The README's "Reliability"
+table lists the same cases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iwae.cli import CONF_DIR, check_overrides
+from iwae.config_check import check_override_keys
+from iwae.errors import UserError
+from iwae.run import build, build_module, train
+from tests.conftest import compose_config
+from tests.reliability_helpers import run_train
+
+FAST = [
+    "logger=none",
+    "schedule.epochs=1",
+    "eval.k=5",
+    "eval.val_k=2",
+    "trainer.enable_progress_bar=false",
+]
+NO_RESULT = ("metrics.json", "checkpoints", "samples.png")
+
+
+@pytest.fixture(scope="module")
+def npz_dir(tmp_path_factory) -> Path:
+    """Good and bad .npz files, and checkpoints of the default and the two-layer model."""
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+
+    def images(n: int, side: int = 28) -> np.ndarray:
+        return rng.random((n, side, side), dtype=np.float32)
+
+    np.savez(root / "good.npz", train=images(40), val=images(10), test=images(10))
+    np.savez(root / "small.npz", train=images(40, 10), val=images(10, 10), test=images(10, 10))
+    np.savez(root / "shape.npz", train=images(40), val=images(10, 14), test=images(10))
+    np.savez(root / "range.npz", train=images(40) * 3, val=images(10), test=images(10))
+    good = (root / "good.npz").read_bytes()
+    (root / "truncated.npz").write_bytes(good[: len(good) // 2])
+    for name, model in (("one_layer", "one_layer"), ("two_layer", "two_layer")):
+        save_untrained_checkpoint(root / f"{name}.ckpt", [f"model={model}"])
+    blob = (root / "one_layer.ckpt").read_bytes()
+    (root / "truncated.ckpt").write_bytes(blob[: len(blob) // 3])
+    return root
+
+
+def save_untrained_checkpoint(path: Path, overrides: list[str]) -> None:
+    """A checkpoint with the layout train.py writes (state_dict + iwae_config), untrained."""
+    cfg = compose_config([*FAST, *overrides], path.parent)
+    datamodule = build(cfg.data)
+    datamodule.prepare()
+    module = build_module(cfg, datamodule)
+    torch.save({"state_dict": module.state_dict(), "iwae_config": module.config}, path)
+
+
+def npz(name: str, root: Path) -> list[str]:
+    return ["data=npz", f"data.path={root / name}", "data.split=null"]  # the file's own splits
+
+
+CASES = {
+    # config values out of range
+    "k=0": (["k=0"], "k must be an integer >= 1, got 0"),
+    "eval.k=0": (["eval.k=0"], "eval.k must be an integer >= 1, got 0"),
+    "eval.val_k=-1": (["eval.val_k=-1"], "eval.val_k must be an integer >= 1"),
+    "batch_size=0": (["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0"),
+    "epochs=0": (["schedule.epochs=0"], "schedule.epochs must be an integer >= 1, got 0"),
+    "k=abc": (["k=abc"], "k must be an integer >= 1, got 'abc'"),
+    # dataset files
+    "missing data file": (["data=npz", "data.path=/none/x.npz"], "/none/x.npz"),
+    "truncated data file": ("truncated.npz", "cannot read the .npz file"),
+    "wrong-shape data": ("shape.npz", "images of different shapes"),
+    "data outside [0, 1]": ("range.npz", "[0, 1]"),
+    # checkpoints
+    "missing checkpoint": (["ckpt_path=/nonexistent/x.ckpt"], "checkpoint not found"),
+    "ckpt_path=last, none saved": (["ckpt_path=last"], "checkpoint not found"),
+    "truncated checkpoint": ("ckpt:truncated.ckpt", "is truncated or not a PyTorch checkpoint"),
+    "other architecture": ("ckpt:two_layer.ckpt", "is for another architecture or input size"),
+    "other input size": ("ckpt-small:one_layer.ckpt", "is for another architecture or input"),
+}
+
+
+def overrides_for(case: str, root: Path) -> tuple[list[str], str]:
+    spec, expected = CASES[case]
+    if isinstance(spec, list):
+        return spec, expected
+    if spec.startswith("ckpt-small:"):
+        return [*npz("small.npz", root), f"ckpt_path={root / spec.split(':')[1]}"], expected
+    if spec.startswith("ckpt:"):
+        return [f"ckpt_path={root / spec.split(':')[1]}"], expected
+    return npz(spec, root), expected
+
+
+def assert_one_line_and_no_result(message: str, expected: str, run_dir: Path) -> None:
+    assert "\n" not in message and expected in message, message
+    assert not any((run_dir / name).exists() for name in NO_RESULT)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_value_file_or_checkpoint(case, npz_dir, tmp_path):
+    overrides, expected = overrides_for(case, npz_dir)
+    cfg = compose_config([*FAST, "data.split=[200,50,50]", *overrides], tmp_path)
+    with pytest.raises(UserError) as err:
+        train(cfg, tmp_path)
+    assert_one_line_and_no_result(str(err.value), expected, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["objective=iwea"], "unknown objective 'iwea'; choose one of:"),
+        (["objective=vae,iwea"], "unknown objective 'iwea'"),
+        (["objective.kk=5"], "unknown config key 'objective.kk' (did you mean objective.k?)"),
+        (["kk=5"], "unknown config key 'kk' (did you mean k?); to add a new key on purpose"),
+        (["objectve=vae"], "unknown config key 'objectve' (did you mean objective?)"),
+        (["data.batch_sise=3"], "(did you mean data.batch_size?)"),
+        (["trainer.devcies=2"], "(did you mean trainer.devices?)"),
+        (["k=[1"], "cannot parse the override 'k=[1'"),
+        (["+k=3"], "An item is already at 'k'. Drop the + to change its value"),
+    ],
+)
+def test_unknown_or_misspelled_group_values_and_keys(argv, expected):
+    message = check_overrides(argv) or check_override_keys(argv, CONF_DIR)
+    assert message is not None and "\n" not in message and expected in message, message
+
+
+@pytest.mark.parametrize(
+    "argv", [["k=1,5", "objective=vae,iwae"], ["hydra.run.dir=/tmp/x", "+extra=1"], ["-m", "k=2"]]
+)
+def test_good_overrides_and_sweeps_pass(argv):
+    assert check_overrides(argv) is None and check_override_keys(argv, CONF_DIR) is None
+
+
+def run_and_check(args: list[str], expected: str, run_dir: Path) -> None:
+    proc = run_train(args, run_dir)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and expected in lines[-1], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not any((run_dir / name).exists() for name in NO_RESULT)
+
+
+def test_train_py_misspelled_key_exits_2_with_one_line(tmp_path):
+    run_and_check([*FAST, "objective.kk=5"], "unknown config key 'objective.kk'", tmp_path)
+
+
+def test_train_py_truncated_checkpoint_exits_2_with_one_line(npz_dir, tmp_path):
+    args = [*FAST, "data.split=[200,50,50]", f"ckpt_path={npz_dir / 'truncated.ckpt'}"]
+    run_and_check(args, "is truncated or not a PyTorch checkpoint", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_train_py_every_case_exits_2_with_one_line(case, npz_dir, tmp_path):
+    overrides, expected = overrides_for(case, npz_dir)
+    run_and_check([*FAST, "data.split=[200,50,50]", *overrides], expected, tmp_path)
