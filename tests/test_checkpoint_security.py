@@ -1,0 +1,157 @@
+"""Checkpoint files: loaded without running code, written so that a kill never corrupts them.
+
+- A crafted checkpoint that runs a command when unpickled is refused everywhere a checkpoint
+  is read (resume, Lightning's own loader, fine-tuning), and the command never runs.
+- Every ``torch.load`` in the repository passes ``weights_only=True`` (checked on the AST), and
+  nothing unpickles or extracts archives behind the safe loaders' backs.
+- Checkpoint and metrics.json writers killed (SIGKILL) mid-write leave the previous complete
+  file in place.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from iwae.checkpointing import AtomicCheckpointIO, load_checkpoint
+from iwae.errors import UserError
+from iwae.finetune import load_init_weights
+from iwae.outputs import write_json_atomic
+from iwae.run import train
+from tests.conftest import ROOT, compose_config
+
+MARKER_NAME = "pwned"
+
+
+class RunsCode:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def crafted(tmp_path) -> tuple[Path, Path]:
+    path, marker = tmp_path / "evil.ckpt", tmp_path / MARKER_NAME
+    torch.save({"state_dict": {}, "payload": RunsCode(marker)}, path)
+    return path, marker
+
+
+def test_crafted_file_really_runs_code_when_unpickled(crafted):
+    """The control: an unsafe load of the file does run the command."""
+    path, marker = crafted
+    torch.load(path, weights_only=False)  # on purpose: proves the file is live
+    assert marker.exists()
+
+
+def test_safe_loader_refuses_crafted_checkpoint(crafted):
+    path, marker = crafted
+    with pytest.raises(UserError, match="refused to load .* could run code"):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match="refused to load"):  # Lightning's path: cannot opt out
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
+    assert not marker.exists()
+
+
+def test_resume_and_fine_tune_refuse_crafted_checkpoint(crafted, tmp_path):
+    path, marker = crafted
+    overrides = ["logger=none", "schedule.epochs=1", "trainer.enable_progress_bar=false"]
+    run_dir = tmp_path / "run"
+    with pytest.raises(UserError, match="refused to load"):
+        train(compose_config([*overrides, f"ckpt_path={path}"], run_dir), run_dir)
+    with pytest.raises(UserError, match="refused to load"):
+        load_init_weights(torch.nn.Linear(2, 2), path)
+    assert not marker.exists() and not (run_dir / "metrics.json").exists()
+
+
+def _python_files() -> list[Path]:
+    """The code that runs for users (tests craft pickles on purpose)."""
+    skip = {".venv", "outputs", "multirun", "data", ".git", "tests"}
+    return [p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts)]
+
+
+def _name(node: ast.AST) -> str:
+    return ast.unparse(node) if isinstance(node, ast.AST) else ""
+
+
+def test_every_torch_load_is_weights_only_and_nothing_else_unpickles():
+    problems = []
+    for path in _python_files():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func, where = _name(node.func), f"{path.relative_to(ROOT)}:{node.lineno}"
+            kwargs = {k.arg: k.value for k in node.keywords}
+            if func == "torch.load":
+                value = kwargs.get("weights_only")
+                if not (isinstance(value, ast.Constant) and value.value is True):
+                    problems.append(f"{where}: torch.load without weights_only=True")
+            if func in ("pickle.load", "pickle.loads", "torch.hub.load"):
+                problems.append(f"{where}: {func}")
+            if func.endswith("np.load") or func.endswith("numpy.load"):
+                value = kwargs.get("allow_pickle")
+                if isinstance(value, ast.Constant) and value.value is True:
+                    problems.append(f"{where}: np.load(allow_pickle=True)")
+            if func.endswith(".extractall") or func.endswith(".extract"):
+                # No archive is extracted today; one that is must stay inside the data
+                # directory (tarfile filter="data", zip member paths checked) and be tested.
+                problems.append(f"{where}: archive extraction; make it path-safe and test it")
+    assert not problems, "\n".join(problems)
+
+
+# --- atomic writes under SIGKILL ---------------------------------------------------------------
+def _kill_writer_mid_write(write, seconds: float) -> None:
+    """Fork a child that calls ``write(i)`` for i = 0, 1, ... and SIGKILL it after ``seconds``.
+
+    The child inherits the imported modules, so each kill costs no interpreter start-up.
+    """
+    pid = os.fork()
+    if pid == 0:  # child: write until killed
+        try:
+            for i in range(1_000_000):
+                write(i)
+        finally:
+            os._exit(0)
+    time.sleep(seconds)
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_checkpoint_and_metrics_writes_survive_sigkill(tmp_path):
+    rng = random.Random(time.time_ns())
+    ckpt, metrics = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "metrics.json"
+    weights = torch.randn(4_000_000)  # 16 MB: most of the child's time is spent mid-write
+    io = AtomicCheckpointIO()
+
+    def write(i: int) -> None:
+        # No tensor arithmetic here: in a forked child torch's thread pool could deadlock.
+        io.save_checkpoint({"state_dict": {"w": weights}, "step": i}, ckpt)
+        write_json_atomic(metrics, {"step": i, "values": [i] * 50_000})
+
+    write(0)
+    interrupted = 0
+    for _ in range(5):
+        _kill_writer_mid_write(write, rng.uniform(0.2, 1.5))
+        interrupted += any(p.suffix == ".tmp" for p in tmp_path.rglob(".*"))
+        checkpoint = load_checkpoint(ckpt)  # a complete file, whichever step it holds
+        assert torch.equal(checkpoint["state_dict"]["w"], weights)
+        saved = json.loads(metrics.read_text())
+        assert saved["values"] == [saved["step"]] * 50_000
+        for stale in tmp_path.glob(".metrics.json.*.tmp"):  # not reclaimed by write_json_atomic
+            stale.unlink()
+    assert interrupted, "no kill landed during a write: the test did not test anything"
+    write(1)  # the next save clears the temp files killed writes left behind
+    assert not list(ckpt.parent.glob(".*.tmp"))
