@@ -118,9 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--table2", type=Path, required=True, help="a run or sweep directory")
     args = parser.parse_args(argv)
-    runs = sorted({p.parent for p in args.table2.rglob("switch_metrics.json")})
+    started = sorted({p.parent for p in args.table2.rglob("switch_metrics.json")})
+    runs = [run for run in started if (run / "metrics.json").is_file()]
+    for run in sorted(set(started) - set(runs)):
+        print(f"skipped (not finished): {run}", file=sys.stderr)
     if not runs:
-        sys.exit(f"error: no switch_metrics.json under {args.table2}")
+        sys.exit(
+            f"error: no finished staged run (switch_metrics.json + metrics.json) in {args.table2}"
+        )
     print(table2_rows(runs))
 
 
