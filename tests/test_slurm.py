@@ -97,6 +97,23 @@ def test_two_run_sweep_through_submitit(cluster: LocalSlurmCluster, tmp_path: Pa
     check_report(sweep, 2)  # the full report, checkpoint figures included
 
 
+def test_ddp_run_as_a_two_task_job(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
+    """trainer=ddp_cpu through the launcher: one job, srun starts one task per process (no
+    re-run of the command line), and rank 0 alone writes the run's outputs."""
+    sweep = tmp_path / "ddp"
+    ddp = ["trainer=ddp_cpu", "data.batch_size=10", "schedule.epochs=2"]
+    args = ["-m", *SLURM, f"hydra.sweep.dir={sweep}", *TINY, *ddp]
+    run_train(args, tmp_path, timeout=900, env=_env(cluster, tmp_path))
+
+    assert "--ntasks-per-node=2" in "".join(p.read_text() for p in sweep.glob(".submitit/*/*.sh"))
+    (run,) = run_dirs(sweep)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train/steps"] == 20  # 2 x 10 images a step: the single process's 20
+    assert len(wandb_run_files(run)) == 1
+    rank1_log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_1_log.err"))
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in rank1_log
+
+
 def test_preempted_job_requeues_and_resumes(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     """SIGUSR1 (SLURM's signal before a time limit or preemption): the run saves last.ckpt,
     submitit requeues the job, and the job's second start continues from that checkpoint."""
