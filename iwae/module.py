@@ -12,6 +12,7 @@ from torch import Tensor
 from iwae.evaluation import log_likelihood
 from iwae.model import IWAEModel
 from iwae.objectives import Objective
+from iwae.optim import build_optimizer
 
 
 class IWAEModule(pl.LightningModule):
@@ -59,7 +60,8 @@ class IWAEModule(pl.LightningModule):
         self.log("val/bound", bound.mean(), prog_bar=True, batch_size=x.shape[0])
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
+        # fused Adam, no per-step accelerator probe on CPU-only machines: see iwae/optim.py
+        optimizer = build_optimizer(self.optimizer_factory, self.model.parameters())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lr_factor)
         return {
             "optimizer": optimizer,

@@ -1,0 +1,253 @@
+"""Per-step time of the framework's real training path against a plain PyTorch loop.
+
+Framework: `IWAEModule` in a real ``pytorch_lightning.Trainer`` built by `iwae.run` from the
+project's Hydra configs (default trainer and callbacks, no logger), data from the DataModule
+with dynamic binarization. Reference: `benchmarks.reference` (``torch.distributions``, tensor
+slicing, ``torch.optim.Adam``, no framework), once with ``torch.distributions``' default
+argument validation and once without it. The sides run interleaved in one process, ``repeats``
+times each, so load from other processes falls on all of them alike; we report per-side
+medians and the median of the per-repeat ratios framework / reference.
+
+    python -m benchmarks.train_step            # batch 20, k in 1 5 50 5000, 1 and 2 layers
+    python -m benchmarks.train_step --quick    # fewer steps and repeats (a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from torch.distributions import Distribution
+
+from benchmarks.common import machine, matmul_rate, median, print_report, set_threads
+from benchmarks.reference import ReferenceIWAE, reference_train
+from iwae.run import build, build_module, build_trainer
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+ARCHITECTURES = {
+    "one_layer": ((50,), ((200, 200),)),
+    "two_layer": ((100, 50), ((200, 200), (100, 100))),
+}
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+SIDES = ("framework", "reference", "reference_novalidate")
+
+
+def compose_config(model: str, k: int, extra: Sequence[str], output_dir: str) -> DictConfig:
+    """The project's config for a benchmark run: real model/objective/optimizer/trainer/callbacks,
+    no logger, no validation (the timed window never reaches an epoch's end anyway)."""
+    overrides = [
+        f"model={model}",
+        "objective=iwae",
+        f"k={k}",
+        "logger=none",
+        "data=mnist_subset",
+        "data.split=[4500,250,250]",  # 225 steps an epoch: no epoch boundary in a timed block
+        "trainer.enable_progress_bar=false",
+        "+trainer.limit_val_batches=0",
+        *extra,
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = output_dir
+    return cfg
+
+
+class StepTimer(pl.Callback):
+    """Records the wall time at the end of every training batch (after the optimizer step)."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def per_step(ends: Sequence[float], warmup: int) -> float:
+    """Seconds per step between the end of step ``warmup`` and the last step's end."""
+    return (ends[-1] - ends[warmup - 1]) / (len(ends) - warmup)
+
+
+class FrameworkSide:
+    """One `IWAEModule` + DataModule; every `run` is a fresh ``Trainer.fit`` of ``steps`` steps."""
+
+    def __init__(self, model: str, k: int, extra: Sequence[str], workdir: str) -> None:
+        self.cfg = compose_config(model, k, extra, workdir)
+        self.workdir = Path(workdir)
+        self.datamodule = build(self.cfg.data)
+        self.datamodule.prepare()
+        self.module = build_module(self.cfg, self.datamodule)
+
+    def run(self, steps: int, warmup: int) -> float:
+        with open_dict(self.cfg):
+            self.cfg.trainer.max_steps = steps + warmup
+        trainer = build_trainer(self.cfg, self.module, self.workdir)
+        timer = StepTimer()
+        trainer.callbacks.append(timer)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            trainer.fit(self.module, datamodule=self.datamodule)
+        return per_step(timer.ends, warmup)
+
+
+class ReferenceSide:
+    """The plain loop on the same training tensor, with the same initial weights."""
+
+    def __init__(self, framework: FrameworkSide, model: str, k: int, validate: bool) -> None:
+        latent, hidden = ARCHITECTURES[model]
+        self.model = ReferenceIWAE(784, latent, hidden).load_from(framework.module.model)
+        self.data = framework.datamodule.prepare().train.float()
+        self.k, self.validate = k, validate
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def run(self, steps: int, warmup: int) -> float:
+        ends: list[float] = []
+        previous = Distribution._validate_args
+        Distribution.set_default_validate_args(self.validate)
+        # Importing Lightning sets this, which makes every torch.optim step re-probe NVML on a
+        # GPU-less CUDA build (see iwae/optim.py); a plain script has not imported Lightning.
+        nvml = os.environ.pop(NVML_CHECK, None)
+        try:
+            self.optimizer = reference_train(
+                self.model,
+                self.data,
+                self.k,
+                steps + warmup,
+                optimizer=self.optimizer,
+                on_step_end=lambda: ends.append(time.perf_counter()),
+            )
+        finally:
+            Distribution.set_default_validate_args(previous)
+            if nvml is not None:
+                os.environ[NVML_CHECK] = nvml
+        return per_step(ends, warmup)
+
+
+def train_step_flops(
+    latent: Sequence[int], hidden: Sequence[Sequence[int]], k: int, batch: int
+) -> int:
+    """Matmul FLOPs of one training step: 3x the forward's (backward ~ 2x forward). The first
+    encoder layer runs once per image, every other layer once per sample."""
+    below = [784, *latent[:-1]]
+    flops = 0
+    for i, (n_in, hid, d) in enumerate(zip(below, hidden, latent)):
+        enc = _mlp_macs([n_in, *hid, 2 * d])
+        dec = _mlp_macs([d, *hid[::-1], 784 if i == 0 else 2 * below[i]])  # Bernoulli or Gaussian
+        flops += 2 * enc * (batch if i == 0 else k * batch) + 2 * dec * k * batch
+    return 3 * flops
+
+
+def _mlp_macs(sizes: Sequence[int]) -> int:
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def plan(quick: bool) -> dict[int, tuple[int, int, int]]:
+    """k -> (timed steps, warm-up steps, repeats)."""
+    if quick:
+        return {1: (100, 10, 5), 5: (100, 10, 5), 50: (30, 3, 3), 5000: (1, 1, 2)}
+    return {1: (200, 10, 9), 5: (200, 10, 9), 50: (60, 5, 7), 5000: (2, 1, 3)}
+
+
+def measure(
+    model: str,
+    k: int,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    sides: Sequence[str],
+    extra: Sequence[str],
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as workdir:
+        fw = FrameworkSide(model, k, extra, workdir)
+        runners: dict[str, Callable[[int, int], float]] = {"framework": fw.run}
+        if "reference" in sides:
+            runners["reference"] = ReferenceSide(fw, model, k, validate=True).run
+        if "reference_novalidate" in sides:
+            runners["reference_novalidate"] = ReferenceSide(fw, model, k, validate=False).run
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for rep in range(repeats):
+            # alternate the order so neither side always runs right after the other's caches
+            for name in list(runners) if rep % 2 == 0 else list(runners)[::-1]:
+                times[name].append(runners[name](steps, warmup))
+    row: dict[str, Any] = {"model": model, "k": k, "steps": steps, "repeats": repeats}
+    for name, ts in times.items():
+        row[f"{name}_ms"] = 1e3 * median(ts)
+    for name in times:
+        if name != "framework":
+            ratios = [f / r for f, r in zip(times["framework"], times[name])]
+            row[f"ratio_{name}"] = median(ratios)
+    row["times_s"] = times
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 50, 5000])
+    parser.add_argument(
+        "--models", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES)
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (see README)"
+    )
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument(
+        "--override", nargs="*", default=[], help="extra Hydra overrides for the framework"
+    )
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    peak = matmul_rate()
+    rows = []
+    for k in args.k:
+        steps, warmup, repeats = plan(args.quick)[k] if k in plan(args.quick) else (10, 2, 3)
+        for model in args.models:
+            row = measure(model, k, steps, warmup, repeats, args.sides, args.override)
+            latent, hidden = ARCHITECTURES[model]
+            flops = train_step_flops(latent, hidden, k, 20)
+            row["step_gflop"] = flops / 1e9
+            row["framework_gflops"] = flops / (row["framework_ms"] / 1e3) / 1e9
+            row["fraction_of_matmul"] = row["framework_gflops"] * 1e9 / peak
+            rows.append(row)
+    report = {
+        "benchmark": "train_step",
+        "batch_size": 20,
+        "machine": machine(),
+        "matmul_gflops": peak / 1e9,
+        "overrides": args.override,
+        "rows": rows,
+    }
+    report["machine"]["load_average_1m_end"] = machine()["load_average_1m"]
+    columns = [
+        ("model", "model"),
+        ("k", "k"),
+        ("framework_ms", "framework ms"),
+        ("reference_ms", "reference ms"),
+        ("reference_novalidate_ms", "ref (no validation) ms"),
+        ("ratio_reference", "fw/ref"),
+        ("ratio_reference_novalidate", "fw/ref(no val.)"),
+        ("framework_gflops", "GFLOP/s"),
+        ("fraction_of_matmul", "of matmul"),
+    ]
+    print_report(report, columns)
+    return report
+
+
+if __name__ == "__main__":
+    main()
