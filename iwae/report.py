@@ -136,6 +136,18 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``table1.csv``, numbers as numbers: ``table1_markdown(read_csv(p))``
+    redraws the table from the CSV alone."""
+    numeric = {"layers": int, "k": int, "test_nll": float, "eval_k": int, "test_images": int}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for name, kind in numeric.items():
+            row[name] = kind(row[name]) if row[name] not in ("", None) else None
+    return rows
+
+
 def _objectives(rows: list[dict[str, Any]]) -> list[str]:
     found = {r["objective"] for r in rows}
     return [o for o in OBJECTIVE_ORDER if o in found] + sorted(found - set(OBJECTIVE_ORDER))

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from iwae.eval_checkpoint import evaluate_checkpoint
-from iwae.report import find_runs, log_to_wandb, report
+from iwae.report import find_runs, log_to_wandb, read_csv, report, table1_markdown
 from iwae.run import train
 from tests.conftest import compose_config
 
@@ -109,3 +109,17 @@ def test_report_logs_to_wandb_only_when_runs_used_it(trained, monkeypatch):
     assert not log_to_wandb(runs, trained[0], [], {})
     runs[0].config["logger"] = {"wandb": {"project": "iwae-test", "offline": True}}
     assert log_to_wandb(runs, trained[0], [], {})
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "table1_small"
+
+
+@pytest.mark.skipif(not (DOCS / "table1.csv").is_file(), reason="no committed small-scale run")
+def test_committed_table_is_generated_from_its_csv_and_copied_into_the_readme():
+    """The README's Table 1 numbers come from the committed report files, not from a keyboard."""
+    table = (DOCS / "table1.md").read_text()
+    assert table1_markdown(read_csv(DOCS / "table1.csv")) == table
+    readme = (DOCS.parent.parent / "README.md").read_text()
+    section = readme.split("## Results: Table 1 at small scale", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows and all(row in section.splitlines() for row in rows)
