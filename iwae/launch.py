@@ -92,7 +92,7 @@ def set_torch_threads(threads: int | None) -> int:
     ``threads`` wins if given. Otherwise a SLURM task takes its ``--cpus-per-task``: torch
     would start one thread per core of the whole node and fight the node's other jobs. A
     joblib worker needs nothing: joblib sets ``OMP_NUM_THREADS`` to cores / n_jobs in each
-    worker, which torch obeys.
+    worker, which torch obeys; nor does a DDP rank on the CPU, where Lightning does the same.
     """
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
     wanted = threads or (int(slurm_cpus) if slurm_cpus.isdigit() else None)
@@ -100,6 +100,9 @@ def set_torch_threads(threads: int | None) -> int:
         if wanted < 1:
             raise UserError(f"threads must be a positive integer or null, got {wanted!r}")
         torch.set_num_threads(wanted)
+        # Lightning's DDP launchers set cores / processes threads unless OMP_NUM_THREADS is
+        # set, and the ranks they start inherit this environment.
+        os.environ["OMP_NUM_THREADS"] = str(wanted)
     # In the run's train.log: what a slow parallel sweep's first suspect is.
     log.info("torch threads: %d", torch.get_num_threads())
     return torch.get_num_threads()

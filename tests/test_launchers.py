@@ -4,6 +4,7 @@ joblib launcher (runs in parallel processes); W&B grouping of a sweep's runs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import joblib
@@ -42,10 +43,13 @@ def test_threads_and_resume_from_the_slurm_environment(monkeypatch: pytest.Monke
     import torch
 
     before = torch.get_num_threads()
+    # set_torch_threads exports OMP_NUM_THREADS: monkeypatch puts the original back afterwards.
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "0"))
     try:
         monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
         assert set_torch_threads(None) == 1
         assert set_torch_threads(2) == 2  # an explicit threads= wins
+        assert os.environ["OMP_NUM_THREADS"] == "2"  # kept by Lightning's DDP, inherited by ranks
     finally:
         torch.set_num_threads(before)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued job continues
