@@ -102,6 +102,13 @@ def log_likelihood(
     return torch.cat(out) - math.log(k)
 
 
+def _nonempty(batches: Iterable[Tensor]) -> list[Tensor]:
+    batches = [x for x in batches if len(x)]
+    if not batches:
+        raise UserError("nothing to evaluate: the test split has no images")
+    return batches
+
+
 def _progress(total: int, desc: str, enabled: bool | None) -> tqdm:
     # disable=None: tqdm shows the bar only on a terminal (not in logs, CI or pytest).
     return tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True, leave=False)
@@ -123,7 +130,7 @@ def evaluate_nll(
     model on the same batches agree exactly. ``nll_stderr`` is the standard error of the mean
     over images (data spread, not Monte Carlo error).
     """
-    batches = list(batches)
+    batches = _nonempty(batches)
     generator = torch.Generator(device=batches[0].device).manual_seed(seed)
     values = []
     with _progress(sum(len(x) for x in batches), f"log p(x), k={k}", progress) as bar:
@@ -234,7 +241,7 @@ def bound_vs_k(
     ``data_stderr`` (spread over images) and ``groups`` (independent estimates per image).
     """
     ks = sorted({check_positive_int("k", k) for k in ks})
-    batches = list(batches)
+    batches = _nonempty(batches)
     generator = torch.Generator(device=batches[0].device).manual_seed(seed)
     means: list[list[Tensor]] = [[] for _ in ks]
     variances: list[list[Tensor]] = [[] for _ in ks]
