@@ -1,7 +1,8 @@
 """What a run needs to know about how it was launched: a sweep (its W&B group and tags), a
 process's share of the CPU, and whether Lightning can start its DDP processes here.
 
-Importing this module registers the OmegaConf resolvers that ``conf/logger/wandb.yaml`` uses:
+Importing this module (``import iwae`` does) registers the OmegaConf resolvers that
+``conf/logger/wandb.yaml`` and ``conf/hydra/launcher/slurm.yaml`` use:
 
 - ``${iwae.sweep_group:}``: the sweep's name in a multirun (``multirun/2026-11-24/20-37-38``
   gives ``2026-11-24/20-37-38``), ``null`` for a single run. Every run of one sweep gets the
@@ -18,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -94,6 +94,8 @@ def set_torch_threads(threads: int | None) -> int:
     joblib worker needs nothing: joblib sets ``OMP_NUM_THREADS`` to cores / n_jobs in each
     worker, which torch obeys; nor does a DDP rank on the CPU, where Lightning does the same.
     """
+    import torch  # here, not at the top: `import iwae` registers the resolvers, cheaply
+
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
     wanted = threads or (int(slurm_cpus) if slurm_cpus.isdigit() else None)
     if wanted is not None:
