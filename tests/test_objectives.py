@@ -130,3 +130,14 @@ def test_objective_configs_build_rainforths_and_burdas_settings(option, expected
 def test_estimator_is_a_config_setting(tmp_path):
     cfg = compose_config(["objective=iwae", "objective.estimator=dreg"], tmp_path)
     assert instantiate(cfg.objective).estimator == "dreg"
+
+
+@pytest.mark.parametrize("experiment, extra", [("paper_table2", 2187), ("table2_small", 11)])
+def test_table2_experiments_switch_where_the_schedule_ends(experiment, extra, tmp_path):
+    """The paper: 3,280 epochs, then 2,187 more with the other objective at lr 1e-4."""
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    schedule, objective = instantiate(cfg.schedule), instantiate(cfg.objective)
+    assert objective.switch_epoch == schedule.epochs
+    assert cfg.trainer.max_epochs == schedule.epochs + extra
+    assert schedule.lr_factor(schedule.epochs) * cfg.optimizer.lr == pytest.approx(1e-4)
+    assert [s.name for s in objective.stages] == ["vae", "iwae"] and objective.stages[1].k == 50
