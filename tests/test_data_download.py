@@ -51,7 +51,7 @@ def server(tmp_path):
             super().do_GET()
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield SimpleNamespace(
         dir=served, url=f"http://127.0.0.1:{httpd.server_port}/", requests=requests
