@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,3 +134,20 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def reference_run(tmp_path_factory: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The uninterrupted TINY run (in-process): final weights and metrics.
+
+    Kept in the session's base temp directory, so the test modules that compare against it
+    (resume, signals) share one run.
+    """
+    from iwae.run import train
+    from tests.conftest import compose_config
+
+    run_dir = Path(tmp_path_factory.getbasetemp()) / "reliability-reference"
+    if not (run_dir / "metrics.json").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir()
+        train(compose_config(TINY, run_dir), run_dir)
+    return final_weights(run_dir), read_metrics(run_dir)

@@ -153,11 +153,6 @@ def test_train_py_misspelled_key_exits_2_with_one_line(tmp_path):
     run_and_check([*FAST, "objective.kk=5"], "unknown config key 'objective.kk'", tmp_path)
 
 
-def test_train_py_truncated_checkpoint_exits_2_with_one_line(npz_dir, tmp_path):
-    args = [*FAST, "data.split=[200,50,50]", f"ckpt_path={npz_dir / 'truncated.ckpt'}"]
-    run_and_check(args, "is truncated or not a PyTorch checkpoint", tmp_path)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_train_py_every_case_exits_2_with_one_line(case, npz_dir, tmp_path):

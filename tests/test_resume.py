@@ -18,15 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from iwae.run import train
-from tests.conftest import ROOT, compose_config
+from iwae.errors import UserError
+from iwae.run import resolve_ckpt_path
+from tests.conftest import ROOT
 from tests.reliability_helpers import (
     HOOKS,
     TINY,
     assert_same_weights,
-    comparable_metrics,
     final_weights,
     read_metrics,
+    reference_run,
     run_train,
     signal_at,
 )
@@ -41,11 +42,10 @@ def kill_seed() -> int:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
-    """The uninterrupted run: final weights and metrics (in-process, same config)."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    metrics = train(compose_config(TINY, run_dir), run_dir)
+    """The uninterrupted run: final weights and metrics."""
+    weights, metrics = reference_run(tmp_path_factory)
     assert metrics["train/steps"] == STEPS
-    return final_weights(run_dir), comparable_metrics(metrics)
+    return weights, metrics
 
 
 def assert_matches_reference(run_dir: Path, reference) -> None:
@@ -56,12 +56,25 @@ def assert_matches_reference(run_dir: Path, reference) -> None:
     assert resumed == expected
 
 
-def kill_then_resume(run_dir: Path, step: int, hook: str) -> None:
+def kill_then_resume(run_dir: Path, step: int, hook: str) -> bool:
+    """SIGKILL a run at ``step``; check what it left; True if it left a checkpoint."""
     killed = run_train([*TINY, *signal_at(step, hook)], run_dir)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (run_dir / "metrics.json").exists()  # nothing that looks like a result
-    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.exists():  # killed before the first checkpoint: resume=true starts afresh
+        assert step < 4
+        return False
+    saved = torch.load(last, weights_only=True)
     assert saved["global_step"] <= step
+    # What exact resumption needs besides weights and optimizer: the generators and the data
+    # iterable's position (epoch, batches done), which order and binarization derive from.
+    rng = next(v for k, v in saved["callbacks"].items() if k.startswith("RNGStateCheckpoint"))
+    assert {"torch", "numpy", "python"} <= rng["ranks"][0].keys()
+    data = next(v for k, v in saved.items() if k.endswith("DataModule"))
+    assert data["train"]["epoch"] * 10 + data["train"]["batches_done"] == saved["global_step"]
+    assert saved["optimizer_states"] and saved["lr_schedulers"] and "loops" in saved
+    return True
 
 
 def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path, reference):
@@ -69,19 +82,23 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path, reference
     rng = random.Random(seed)
     step, hook = rng.randrange(1, STEPS), rng.choice(HOOKS)
     print(f"RESUME_TEST_SEED={seed}: SIGKILL at step {step}, {hook}")
-    kill_then_resume(tmp_path, step, hook)
+    had_checkpoint = kill_then_resume(tmp_path, step, hook)
     resumed = run_train([*TINY, "resume=true"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+    restored = "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+    assert restored == had_checkpoint
     assert_matches_reference(tmp_path, reference)
 
 
-def test_resume_true_without_checkpoint_starts_afresh(tmp_path):
-    cfg = compose_config(
-        [*TINY, "schedule.epochs=1", "eval.enabled=false", "resume=true"], tmp_path
-    )
-    metrics = train(cfg, tmp_path)
-    assert metrics["train/steps"] == 10
+def test_resume_true_uses_last_if_there_is_one_else_starts_afresh(tmp_path):
+    assert resolve_ckpt_path(None, tmp_path, resume=True) is None
+    with pytest.raises(UserError, match="checkpoint not found"):  # `last` insists on one
+        resolve_ckpt_path("last", tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"")
+    assert resolve_ckpt_path(None, tmp_path, resume=True) == str(last)
+    assert resolve_ckpt_path(None, tmp_path, resume=False) is None
 
 
 @pytest.mark.slow
