@@ -2,7 +2,7 @@
 
 - ESS of the normalised importance weights, 1 / sum_i w~_i^2 (Kong 1992): near k when q is a
   good proposal, near 1 when one sample carries all the weight.
-- Gradient SNR (Rainforth et al. 2018, eq. 12): for each parameter, |E[g]| / std(g) over
+- Gradient SNR (Rainforth et al. 2018): for each parameter, |E[g]| / std(g) over
   repeated gradient draws on one fixed minibatch, then averaged over the parameters of the
   inference network (phi) and of the generative network (theta). For the IWAE's standard
   gradient the inference network's SNR falls like 1/sqrt(k); DReG's does not.

@@ -46,7 +46,7 @@ def elbo(log_w: Tensor) -> Tensor:
 
 
 def miwae_bound(log_w: Tensor, m: int) -> Tensor:
-    """MIWAE(M, K) (Rainforth et al. 2018, eq. 9): the mean of M independent K-sample bounds.
+    """MIWAE(M, K) (Rainforth et al. 2018): the mean of M independent K-sample bounds.
 
     Args:
         log_w: ``[M * K, B]`` log weights; group j is rows ``j*K .. (j+1)*K - 1``.
@@ -59,7 +59,7 @@ def miwae_bound(log_w: Tensor, m: int) -> Tensor:
 
 
 def ciwae_bound(log_w: Tensor, beta: float) -> Tensor:
-    """CIWAE(beta) (Rainforth et al. 2018, eq. 10): beta * ELBO + (1 - beta) * L_k.
+    """CIWAE(beta) (Rainforth et al. 2018): beta * ELBO + (1 - beta) * L_k.
 
     ``[k, B] -> [B]``, in nats.
     """
@@ -77,7 +77,7 @@ def grouped_surrogate(log_w: Tensor, detached: Tensor, m: int, power: int = 1) -
     ``w~_ji`` are group j's normalised weights, held constant (computed from ``detached``).
     With ``power=1`` its gradient is the reparameterised gradient of the bound (Burda et al.
     2015, eq. 13); with ``power=2`` and log q's parameters detached in ``log_w`` it is the DReG
-    inference-network gradient (Tucker et al. 2018, eq. 5): sum_i w~_i^2 dlog w_i/dh_i dh_i/dphi.
+    inference-network gradient (Tucker et al. 2018): sum_i w~_i^2 dlog w_i/dh_i dh_i/dphi.
 
     Args:
         log_w: ``[M * K, B]`` log weights carrying the gradient.

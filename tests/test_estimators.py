@@ -135,7 +135,7 @@ def test_dreg_has_the_reparam_expected_inference_gradient_and_stl_does_not():
     z_stl = ((m_stl - m_rep).abs() / torch.sqrt(se_rep**2 + se_stl**2))[live]
     # 20-odd parameters: a 4.5 sigma band leaves no room for a chance failure (p < 1e-4)
     assert z_dreg.max() < 4.5, z_dreg
-    # the test has power: STL is biased for k > 1 (Tucker et al. 2018, sec. 3) and it sees that
+    # the test has power: STL is biased for k > 1 (Tucker et al. 2018) and it sees that
     assert z_stl.max() > 6, z_stl
     assert (se_dreg < se_rep).float().mean() > 0.5  # and DReG is the less noisy one
 
