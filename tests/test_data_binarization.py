@@ -204,3 +204,10 @@ def test_every_data_config_builds_its_datamodule(name, cls, tmp_path):
     dm = instantiate(compose_data(overrides).data)
     assert type(dm) is getattr(datamodules, cls)
     assert dm.binarization == "fixed" and dm.batch_size == 20
+
+
+def test_npz_config_without_path_says_which_setting(tmp_path):
+    from iwae.run import build  # train.py's instantiate, which passes a UserError through
+
+    with pytest.raises(UserError, match=r"data=npz needs data.path=<your file or folder>"):
+        build(compose_data(["data=npz"]).data)
