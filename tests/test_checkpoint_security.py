@@ -23,6 +23,7 @@ import torch
 
 from iwae.checkpointing import AtomicCheckpointIO, load_checkpoint
 from iwae.errors import UserError
+from iwae.eval_checkpoint import load_run
 from iwae.finetune import load_init_weights
 from iwae.outputs import write_json_atomic
 from iwae.run import train
@@ -64,7 +65,7 @@ def test_safe_loader_refuses_crafted_checkpoint(crafted):
     assert not marker.exists()
 
 
-def test_resume_and_fine_tune_refuse_crafted_checkpoint(crafted, tmp_path):
+def test_resume_fine_tune_and_eval_refuse_crafted_checkpoint(crafted, tmp_path):
     path, marker = crafted
     overrides = ["logger=none", "schedule.epochs=1", "trainer.enable_progress_bar=false"]
     run_dir = tmp_path / "run"
@@ -72,6 +73,8 @@ def test_resume_and_fine_tune_refuse_crafted_checkpoint(crafted, tmp_path):
         train(compose_config([*overrides, f"ckpt_path={path}"], run_dir), run_dir)
     with pytest.raises(UserError, match="refused to load"):
         load_init_weights(torch.nn.Linear(2, 2), path)
+    with pytest.raises(UserError, match="refused to load"):  # mode=eval
+        load_run(path)
     assert not marker.exists() and not (run_dir / "metrics.json").exists()
 
 
