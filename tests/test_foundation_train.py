@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from iwae.run import train
 from tests.conftest import ROOT, compose_config
@@ -47,6 +48,10 @@ def test_train_py_end_to_end(tmp_path):
     assert 0 < metrics["test/nll"] < 800 and metrics["val/bound"] < 0
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == metrics["train/steps"]  # last.ckpt holds the final weights
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.ckpt", "last.ckpt"]
     assert (tmp_path / "samples.png").stat().st_size > 0
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert "test/nll (k=50)" in proc.stdout
