@@ -1,7 +1,8 @@
 """Callbacks that make a run survive kills, preemption and non-finite values.
 
 - `RNGStateCheckpoint` puts every global random generator into each checkpoint, so a resumed
-  run draws the same noise as an uninterrupted one (Lightning saves none of them).
+  run draws the same noise as an uninterrupted one (Lightning saves none of them);
+  `LoggedMetricsCheckpoint` does the same for the last validation metrics.
 - `NonFiniteGuard` stops (or skips the step) before a NaN/inf loss or gradient reaches the
   weights, so the last checkpoint stays good.
 - `PreemptionCheckpoint` turns SIGTERM/SIGUSR1 (SLURM's preemption and time-limit signals) into
@@ -86,6 +87,36 @@ class RNGStateCheckpoint(Callback):
             log.warning(
                 "checkpoint has no RNG state for rank %d; its noise will differ", self._rank
             )
+
+
+class LoggedMetricsCheckpoint(Callback):
+    """Keeps the last logged validation metrics (``val/bound``) in each checkpoint.
+
+    Lightning keeps ``trainer.callback_metrics`` in memory only: a run resumed from a checkpoint
+    written after its last validation (killed during the final test evaluation, say) would
+    finish without ``val/bound`` in metrics.json. Restored in ``on_fit_start``, which runs
+    even when the restored run has no training left.
+    """
+
+    def __init__(self, prefix: str = "val/") -> None:
+        self.prefix = prefix
+        self._trainer: pl.Trainer | None = None
+        self._restored: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        metrics = self._trainer.callback_metrics if self._trainer is not None else {}
+        return {k: float(v) for k, v in metrics.items() if k.startswith(self.prefix)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for key, value in self._restored.items():
+            trainer.callback_metrics.setdefault(key, torch.tensor(value))
+        self._restored = {}
 
 
 # --- non-finite values -------------------------------------------------------------------------

@@ -19,12 +19,13 @@ import pytest
 import torch
 
 from iwae.errors import UserError
-from iwae.run import resolve_ckpt_path
-from tests.conftest import ROOT
+from iwae.run import resolve_ckpt_path, train
+from tests.conftest import ROOT, compose_config
 from tests.reliability_helpers import (
     HOOKS,
     TINY,
     assert_same_weights,
+    comparable_metrics,
     final_weights,
     read_metrics,
     reference_run,
@@ -99,6 +100,17 @@ def test_resume_true_uses_last_if_there_is_one_else_starts_afresh(tmp_path):
     last.write_bytes(b"")
     assert resolve_ckpt_path(None, tmp_path, resume=True) == str(last)
     assert resolve_ckpt_path(None, tmp_path, resume=False) is None
+
+
+def test_resume_after_training_ended_reports_the_same_metrics(tmp_path):
+    """Killed after the last checkpoint (during the final evaluation, say): the restart has no
+    training left, and still reports the last validation bound and step counts."""
+    overrides = [*TINY, "schedule.epochs=1", "eval.enabled=false", "resume=true"]
+    first = train(compose_config(overrides, tmp_path), tmp_path)
+    (tmp_path / "metrics.json").unlink()
+    again = train(compose_config(overrides, tmp_path), tmp_path)
+    assert comparable_metrics(again) == comparable_metrics(first)
+    assert "val/bound" in again and again["train/steps"] == 10
 
 
 @pytest.mark.slow
