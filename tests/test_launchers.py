@@ -83,7 +83,7 @@ def test_basic_sweep_one_wandb_run_per_job_grouped_by_sweep(tmp_path: Path) -> N
         assert b"grouped" in data and tag in data
 
 
-def test_joblib_sweep_runs_in_parallel_processes(tmp_path: Path) -> None:
+def _joblib_sweep(tmp_path: Path) -> Path:
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "objective=vae,iwae"]
     run_train([*args, f"hydra.sweep.dir={sweep}", "logger=none", *TINY], tmp_path, 300)
@@ -92,5 +92,15 @@ def test_joblib_sweep_runs_in_parallel_processes(tmp_path: Path) -> None:
     share = max(1, joblib.cpu_count() // 2)
     for d in dirs:
         assert f"torch threads: {share}" in (d / "train.log").read_text()
-    # The sweep report reads a joblib sweep (its checkpoint figures are left to the slow tests).
-    check_report(sweep, 2, "--no-checkpoints")
+    return sweep
+
+
+def test_joblib_sweep_runs_in_parallel_processes(tmp_path: Path) -> None:
+    _joblib_sweep(tmp_path)
+
+
+@pytest.mark.slow
+def test_report_on_a_joblib_sweep(tmp_path: Path) -> None:
+    """The sweep report, checkpoint figures included, reads what the joblib launcher wrote
+    (slow: the report costs as much as the sweep)."""
+    check_report(_joblib_sweep(tmp_path), 2)
