@@ -42,9 +42,12 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
 def test_eval_mode_reproduces_the_training_runs_nll(trained, tmp_path):
     run_dir, train_metrics = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    cfg = compose_config(["mode=eval", f"ckpt_path={ckpt}", *EVAL], tmp_path)
+    overrides = ["mode=eval", f"ckpt_path={ckpt}", *EVAL, "eval.bound_ks=[1,20]"]
+    cfg = compose_config(overrides, tmp_path)
     metrics = evaluate_checkpoint(cfg, tmp_path)
     assert metrics["test/nll"] == train_metrics["test/nll"]  # same weights, data, seed: exact
+    # L_20 from the bound-vs-k pass draws the same stream as the NLL estimate: the same number
+    assert metrics["test/bound_vs_k"][-1]["bound"] == pytest.approx(-metrics["test/nll"], abs=1e-9)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test/nll", "eval/k", "test/active_units", "test/active_units_per_layer"):
         assert on_disk[key] == train_metrics[key]
