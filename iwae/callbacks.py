@@ -238,6 +238,8 @@ class PreemptionCheckpoint(Callback):
         self.received = signal.Signals(signum)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.received_sigterm:  # arrived between Lightning's handler and ours
+            self.received = signal.SIGTERM
         # Lightning registers its handlers just before training starts; ours go on top of them.
         for sig in self.signals:
             try:
