@@ -67,6 +67,18 @@ def wandb_run_files(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def wandb_string_field(value: str, field: int) -> bytes:
+    """How protobuf stores a short string field: W&B 0.31 ships no reader for offline runs,
+    but its run record (``RunRecord``: ``run_group`` is field 6, ``tags`` field 10) lies in
+    the ``.wandb`` file as these bytes."""
+    data = value.encode()
+    assert len(data) < 128, "one-byte length only"
+    return bytes([field << 3 | 2, len(data)]) + data
+
+
+WANDB_GROUP, WANDB_TAG = 6, 10
+
+
 def check_report(sweep_dir: Path, runs: int, *flags: str, timeout: float = 300) -> str | None:
     """``python -m iwae.report <sweep>`` succeeds and its table1.csv has a row per run.
     Returns its output; None while the report module does not exist."""

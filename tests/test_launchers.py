@@ -12,7 +12,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from iwae.launch import gpus_for, resume_requested, set_torch_threads, sweep_name
-from tests.launch_helpers import TINY, check_report, run_dirs, run_train, wandb_run_files
+from tests.launch_helpers import (
+    TINY,
+    WANDB_GROUP,
+    WANDB_TAG,
+    check_report,
+    run_dirs,
+    run_train,
+    wandb_run_files,
+    wandb_string_field,
+)
 
 
 @pytest.mark.parametrize(
@@ -76,11 +85,13 @@ def test_basic_sweep_one_wandb_run_per_job_grouped_by_sweep(tmp_path: Path) -> N
     sweep = tmp_path / "multirun" / "grouped"
     run_train(["-m", "objective=vae,iwae", f"hydra.sweep.dir={sweep}", *TINY], tmp_path, 300)
     dirs = _check_runs(sweep, ["vae", "iwae"])
-    for d, tag in zip(dirs, [b"objective=vae", b"objective=iwae"]):
+    tags = ["objective=vae", "objective=iwae"]
+    for d, tag, other in zip(dirs, tags, reversed(tags)):
         (run_file,) = wandb_run_files(d)  # exactly one: the next job did not reuse it
-        # W&B 0.31 ships no reader for offline runs; group and tags are plain strings in it.
         data = run_file.read_bytes()
-        assert b"grouped" in data and tag in data
+        assert wandb_string_field("grouped", WANDB_GROUP) in data
+        assert wandb_string_field(tag, WANDB_TAG) in data
+        assert wandb_string_field(other, WANDB_TAG) not in data
 
 
 def _joblib_sweep(tmp_path: Path) -> Path:

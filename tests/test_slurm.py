@@ -20,12 +20,15 @@ from iwae.checkpointing import load_checkpoint
 from tests.launch_helpers import (
     TINY,
     TRAIN,
+    WANDB_GROUP,
+    WANDB_TAG,
     check_report,
     run_dirs,
     run_train,
     train_env,
     wait_for,
     wandb_run_files,
+    wandb_string_field,
 )
 from tests.slurm_cluster import LocalSlurmCluster, missing_binaries
 
@@ -90,7 +93,9 @@ def test_two_run_sweep_through_submitit(cluster: LocalSlurmCluster, tmp_path: Pa
         assert metrics["objective"] == objective and metrics["train/steps"] == 10
         assert (d / "checkpoints" / "last.ckpt").is_file()
         (run_file,) = wandb_run_files(d)
-        assert b"on_slurm" in run_file.read_bytes()  # the sweep's W&B group
+        data = run_file.read_bytes()  # the sweep's W&B group, the run's overrides as tags
+        assert wandb_string_field("on_slurm", WANDB_GROUP) in data
+        assert wandb_string_field(f"objective={objective}", WANDB_TAG) in data
         # The job's torch threads follow its --cpus-per-task, not the node's cores.
         assert "torch threads: 1" in (d / "train.log").read_text()
     assert list(sweep.glob(".submitit/*/*_submission.sh")) or list(sweep.glob(".submitit/*.sh"))
