@@ -20,6 +20,7 @@ from torch import Tensor
 from iwae.checkpointing import load_checkpoint
 from iwae.errors import UserError
 from iwae.evaluation import test_metrics
+from iwae.launch import set_torch_threads
 from iwae.model import IWAEModel
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
 from iwae.run import build
@@ -83,6 +84,8 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path in (None, "", "null", "last") or not Path(ckpt_path).is_file():
         raise UserError(f"mode=eval needs ckpt_path=<existing .ckpt file>, got {ckpt_path!r}")
+    # float sums depend on the thread count: the run's own `threads` reproduces its test/nll
+    set_torch_threads(cfg.get("threads"))
     device = eval_device(cfg)
     run = load_run(ckpt_path, device)
     objective = build(run.config.objective)
