@@ -110,8 +110,10 @@ def _nonempty(batches: Iterable[Tensor]) -> list[Tensor]:
 
 
 def _progress(total: int, desc: str, enabled: bool | None) -> tqdm:
-    # disable=None: tqdm shows the bar only on a terminal (not in logs, CI or pytest).
-    return tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True, leave=False)
+    """A bar over images: on (True), off (False), or None: only on a terminal, so that logs,
+    CI and pytest's captured output get none (tqdm's ``disable=None``)."""
+    disable = None if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, unit="img", disable=disable, leave=False)
 
 
 @torch.no_grad()

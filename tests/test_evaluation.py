@@ -216,3 +216,11 @@ def test_active_units_counts_units_whose_mean_varies():
     means = model.encoder_means(x, 100, torch.Generator().manual_seed(0))[0].double()
     torch.testing.assert_close(variances[0], means.var(0, unbiased=False), rtol=1e-9, atol=1e-12)
     assert format_units(counts) == f"4+{counts[1]}"
+
+
+def test_progress_bar_only_on_a_terminal_unless_asked(capsys):
+    from iwae.evaluation import _progress
+
+    assert _progress(10, "x", None).disable  # pytest captures stderr: not a terminal
+    assert not _progress(10, "x", True).disable
+    assert _progress(10, "x", False).disable
