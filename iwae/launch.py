@@ -8,11 +8,13 @@ Importing this module (``import iwae`` does) registers the OmegaConf resolvers t
   gives ``2026-11-24/20-37-38``), ``null`` for a single run. Every run of one sweep gets the
   same group, so the W&B dashboard shows them side by side.
 - ``${iwae.sweep_tags:}``: this run's command-line overrides (``objective=vae``, ``k=5``).
+- ``${iwae.run_id:<run dir>}``: the W&B run id of a run directory, the same at every start.
 - ``${iwae.gpus_for:<accelerator>,<devices>}``: GPUs a SLURM job must request for a trainer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -69,6 +71,13 @@ def sweep_tags() -> list[str]:
     return [str(o)[:MAX_TAG] for o in hc.overrides.task]
 
 
+def run_id(output_dir: str | os.PathLike) -> str:
+    """A W&B run id that every start of one run directory shares: a requeued SLURM job, or
+    ``resume=true hydra.run.dir=...``, continues the same W&B run (``resume: allow``) instead
+    of leaving a second, partial one in the sweep's group."""
+    return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
+
+
 def gpus_for(accelerator: Any, devices: Any) -> int | None:
     """GPUs per node a SLURM job needs for ``Trainer(accelerator, devices)``: ``devices`` on a
     GPU accelerator, else None, which leaves ``--gpus-per-node`` out of the job script (a
@@ -82,6 +91,7 @@ for _name, _fn in {
     "iwae.sweep_group": sweep_group,
     "iwae.sweep_tags": sweep_tags,
     "iwae.gpus_for": gpus_for,
+    "iwae.run_id": run_id,
 }.items():
     OmegaConf.register_new_resolver(_name, _fn, replace=True)
 

@@ -11,7 +11,7 @@ import joblib
 import pytest
 from omegaconf import OmegaConf
 
-from iwae.launch import gpus_for, resume_requested, set_torch_threads, sweep_name
+from iwae.launch import gpus_for, resume_requested, run_id, set_torch_threads, sweep_name
 from tests.launch_helpers import (
     TINY,
     WANDB_GROUP,
@@ -41,6 +41,11 @@ def test_resolvers_outside_a_run_give_no_group() -> None:
     """Configs composed without a Hydra run (tests, notebooks) still resolve: no group, no tags."""
     cfg = OmegaConf.create({"g": "${iwae.sweep_group:}", "t": "${iwae.sweep_tags:}"})
     assert cfg.g is None and list(cfg.t) == []
+
+
+def test_wandb_run_id_is_the_run_directorys() -> None:
+    """Every start of one run directory (a requeued job) continues one W&B run."""
+    assert run_id("multirun/x/0") == run_id("multirun/x/./0") != run_id("multirun/x/1")
 
 
 def test_slurm_gpus_follow_the_trainer() -> None:

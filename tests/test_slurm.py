@@ -128,7 +128,6 @@ def test_preempted_job_requeues_and_resumes(cluster: LocalSlurmCluster, tmp_path
         "-m",
         *SLURM,
         f"hydra.sweep.dir={sweep}",
-        "logger=none",
         *TINY,
         f"schedule.epochs={epochs}",
     ]
@@ -166,4 +165,7 @@ def test_preempted_job_requeues_and_resumes(cluster: LocalSlurmCluster, tmp_path
     assert 0 < step_at_preemption < epochs * steps_per_epoch
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())
     assert metrics["train/steps"] == epochs * steps_per_epoch
+    # Both starts logged to one W&B run: two offline records of the same run id.
+    starts = wandb_run_files(sweep / "0")
+    assert len(starts) == 2 and len({p.name for p in starts}) == 1, starts
     assert metrics["train/epochs"] == epochs
