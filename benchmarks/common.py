@@ -9,6 +9,7 @@ import platform
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,9 +53,16 @@ def matmul_rate(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def print_report(report: dict[str, Any], columns: Sequence[tuple[str, str]]) -> None:
-    """JSON on stdout first (machine-readable), then a fixed-width table of ``report['rows']``."""
-    print(json.dumps(report, indent=2))
+def print_report(
+    report: dict[str, Any], columns: Sequence[tuple[str, str]], out: str | None = None
+) -> None:
+    """JSON on stdout first (machine-readable), then a fixed-width table of ``report['rows']``;
+    the JSON also to the file ``out`` if given (the README's numbers come from such files)."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
     rows = report["rows"]
     widths = [max(len(title), *(len(_fmt(r.get(key))) for r in rows)) for key, title in columns]
     print()

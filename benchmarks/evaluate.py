@@ -172,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--memory-child", choices=["framework", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.memory_child:
@@ -179,10 +180,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {}
     if args.quick:
         args.images, args.repeats = 10, 2
+    start_machine = machine()  # the load average before the run
     row = time_sides(args)
     report: dict[str, Any] = {
         "benchmark": "evaluate",
-        "machine": machine(),
+        "machine": start_machine,
         "matmul_gflops": matmul_rate() / 1e9,
         "settings": {"batch": args.batch, "chunk": args.chunk, "max_bytes": args.max_bytes},
         "rows": [row],
@@ -208,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("framework_peak_extra_mib", "framework peak MiB"),
         ("naive_peak_extra_mib", "naive peak MiB"),
     ]
-    print_report(report, columns)
+    print_report(report, columns, args.out)
     return report
 
 

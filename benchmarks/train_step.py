@@ -208,11 +208,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--override", nargs="*", default=[], help="extra Hydra overrides for the framework"
     )
+    parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    start_machine = machine()  # the load average before the run
     peak = matmul_rate()
     rows = []
     for k in args.k:
@@ -228,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "train_step",
         "batch_size": 20,
-        "machine": machine(),
+        "machine": start_machine,
         "matmul_gflops": peak / 1e9,
         "overrides": args.override,
         "rows": rows,
@@ -245,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("framework_gflops", "GFLOP/s"),
         ("fraction_of_matmul", "of matmul"),
     ]
-    print_report(report, columns)
+    print_report(report, columns, args.out)
     return report
 
 

@@ -171,3 +171,17 @@ def test_lightning_training_path_moves_weights_like_the_reference_loop(arch, tmp
     trained = ReferenceIWAE(784, *ARCHITECTURES[arch]).double().load_from(module.model)
     for a, b in zip(trained.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("k", [1, 50])
+def test_evaluation_path_without_autograd_gives_the_same_log_weights(arch: str, k: int) -> None:
+    """Without autograd `log_weights` overwrites its logits in place: same values."""
+    model, ref = pair(arch)
+    x = binary_batch()
+    with torch.no_grad():
+        fast = model.log_weights(x, k, generator=torch.Generator().manual_seed(6))
+        slow = ref.log_weights(x, k, generator=torch.Generator().manual_seed(6))
+    with_grad = model.log_weights(x, k, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(fast, with_grad.detach(), rtol=1e-12, atol=1e-12)
