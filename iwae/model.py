@@ -70,6 +70,23 @@ class BernoulliLayer(nn.Module):
         return self.head(self.net(h))
 
 
+def _log_q_detached(
+    layer: GaussianLayer, h_in: Tensor, h: Tensor, mean: Tensor, log_std: Tensor, first: bool
+) -> Tensor:
+    """log q(h | h_in) with q's parameters detached but its input ``h_in`` live.
+
+    For the first layer h_in is the data, so detaching mean and log_std is enough. A deeper
+    layer's input is itself a sample that depends on phi: its path through q(h | h_in) is part
+    of the STL/DReG gradient, so q is re-evaluated with detached parameters (one extra forward
+    pass through that layer, only when ``detach_q``).
+    """
+    if first:
+        return gaussian_log_prob(h, mean.detach(), log_std.detach())
+    frozen = {name: p.detach() for name, p in layer.named_parameters()}
+    q_mean, q_log_std = torch.func.functional_call(layer, frozen, (h_in,))
+    return gaussian_log_prob(h, q_mean, q_log_std)
+
+
 class IWAEModel(nn.Module):
     """Deep latent Gaussian model with L stochastic layers and its inference network.
 
@@ -155,6 +172,7 @@ class IWAEModel(nn.Module):
         log_q = x.new_zeros(())
         h, samples = x, []
         for layer in self.encoder:
+            h_in = h
             # first layer: [B, d], once per image; deeper: [k, B, d]
             mean, log_std = _linear(layer.head, _tanh_mlp(layer.net, h)).chunk(2, dim=-1)
             eps = torch.randn(
@@ -162,7 +180,7 @@ class IWAEModel(nn.Module):
             )
             h = mean + torch.exp(log_std) * eps
             if detach_q:
-                log_q = log_q + gaussian_log_prob(h, mean.detach(), log_std.detach())
+                log_q = log_q + _log_q_detached(layer, h_in, h, mean, log_std, first=h_in is x)
             else:  # (h - mean) / std is eps exactly: skip recomputing it
                 log_q = (
                     log_q + (-0.5 * eps.square() - log_std).sum(-1) - eps.shape[-1] * HALF_LOG_2PI

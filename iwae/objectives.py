@@ -162,8 +162,6 @@ class Objective:
 
     def __call__(self, model, x: Tensor) -> ObjectiveOutput:
         detach_q = self.estimator != "reparam"
-        if detach_q:
-            check_stl_model(model)
         log_w = model.log_weights(x, self.num_samples, detach_q=detach_q)
         detached = log_w.detach()  # same values either way: detach_q only changes gradients
         generative = -self.surrogate(log_w, detached).mean()
@@ -189,17 +187,6 @@ class Objective:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self.k}, estimator={self.estimator!r})"
-
-
-def check_stl_model(model) -> None:
-    """STL and DReG need log q(h_l | h_{l-1}) with q's parameters detached but h_{l-1} live;
-    ``IWAEModel.log_weights(detach_q=True)`` detaches the conditioning too, which is exact for
-    one stochastic layer only (for two it leaves a term whose mean is not zero under w~)."""
-    if len(getattr(model, "latent_dims", ())) > 1:
-        raise UserError(
-            "objective.estimator=stl/dreg supports one stochastic layer (model=one_layer) for "
-            "now; use objective.estimator=reparam with a deeper model"
-        )
 
 
 class VAE(Objective):
