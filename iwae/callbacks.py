@@ -5,6 +5,7 @@
   `LoggedMetricsCheckpoint` does the same for the last validation metrics.
 - `NonFiniteGuard` stops (or skips the step) before a NaN/inf loss or gradient reaches the
   weights, so the last checkpoint stays good.
+- `PeriodicCheckpoint` writes ``last.ckpt`` every N steps (``callbacks=frequent``).
 - `PreemptionCheckpoint` turns SIGTERM/SIGUSR1 (SLURM's preemption and time-limit signals) into
   "save last.ckpt at the next step boundary, then exit".
 """
@@ -25,7 +26,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from iwae.errors import UserError
+from iwae.errors import UserError, check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,8 @@ class PreemptionCheckpoint(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
+        if ends_epoch(trainer, idx):  # see ends_epoch: saved after the next step, or at the end
+            return
         stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if stop:
             self._save_and_exit(trainer)
@@ -286,6 +289,34 @@ class PreemptionCheckpoint(Callback):
                 flush=True,
             )
         raise SIGTERMException(128 + int(sig))
+
+
+def ends_epoch(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Is this the epoch's last training batch? Not a point to checkpoint at: resuming from a
+    checkpoint written there, Lightning skips that epoch's validation, whose sampling draws on
+    the global generator, so the resumed run's noise (and weights) would differ."""
+    return batch_idx + 1 >= trainer.num_training_batches
+
+
+class PeriodicCheckpoint(Callback):
+    """Writes ``last.ckpt`` every ``every_n_train_steps`` optimizer steps (besides the epoch-end
+    ModelCheckpoint), so that a kill loses at most that many steps.
+
+    Not a second ``ModelCheckpoint(save_last=True)``: that one also saves at an epoch's last
+    batch (see `ends_epoch`), and two of them writing one ``last.ckpt`` version each other's
+    file (``last-v1.ckpt``).
+    """
+
+    def __init__(self, every_n_train_steps: int) -> None:
+        self.every = check_positive_int(
+            "callbacks.periodic.every_n_train_steps", every_n_train_steps
+        )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if trainer.global_step % self.every == 0 and not ends_epoch(trainer, idx):
+            trainer.save_checkpoint(last_checkpoint_path(trainer))
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:
