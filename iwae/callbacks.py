@@ -292,9 +292,10 @@ class PreemptionCheckpoint(Callback):
 
 
 def ends_epoch(trainer: pl.Trainer, batch_idx: int) -> bool:
-    """Is this the epoch's last training batch? Not a point to checkpoint at: resuming from a
-    checkpoint written there, Lightning skips that epoch's validation, whose sampling draws on
-    the global generator, so the resumed run's noise (and weights) would differ."""
+    """Is this the epoch's last training batch? Not a point to checkpoint at: Lightning (2.6)
+    resumes from there without replaying the end of the epoch as the uninterrupted run does
+    (its validation samples from the global generator), and the resumed weights were measured
+    to differ. The epoch-end checkpoint, written after validation, follows a moment later."""
     return batch_idx + 1 >= trainer.num_training_batches
 
 
