@@ -34,6 +34,8 @@ from torch.distributions import Distribution
 
 from benchmarks.common import machine, matmul_rate, median, print_report, set_threads
 from benchmarks.reference import ReferenceIWAE, reference_train
+from datamodules.base import MinibatchIterable
+from iwae.optim import build_optimizer
 from iwae.run import build, build_module, build_trainer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -42,7 +44,7 @@ ARCHITECTURES = {
     "two_layer": ((100, 50), ((200, 200), (100, 100))),
 }
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
-SIDES = ("framework", "reference", "reference_novalidate")
+SIDES = ("framework", "reference", "reference_novalidate", "framework_no_lightning")
 
 
 def compose_config(model: str, k: int, extra: Sequence[str], output_dir: str) -> DictConfig:
@@ -135,6 +137,34 @@ class ReferenceSide:
         return per_step(ends, warmup)
 
 
+class NoLightningSide:
+    """Diagnostic: the framework's own model, objective, fused Adam and minibatch iterable in a
+    bare loop. framework / this = what Lightning's loop and the callbacks cost per step."""
+
+    def __init__(self, framework: FrameworkSide) -> None:
+        self.module = framework.module
+        self.optimizer = build_optimizer(
+            self.module.optimizer_factory, self.module.model.parameters()
+        )
+        dm = framework.datamodule
+        data = dm.prepare().train.float()
+        self.batches = MinibatchIterable(data, dm.batch_size, True, dm.dynamic, dm.seed)
+
+    def run(self, steps: int, warmup: int) -> float:
+        ends: list[float] = []
+        model, objective = self.module.model, self.module.objective
+        while len(ends) < steps + warmup:
+            for x in self.batches:
+                loss = objective(model, x).loss
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+                ends.append(time.perf_counter())
+                if len(ends) == steps + warmup:
+                    break
+        return per_step(ends, warmup)
+
+
 def train_step_flops(
     latent: Sequence[int], hidden: Sequence[Sequence[int]], k: int, batch: int
 ) -> int:
@@ -176,6 +206,8 @@ def measure(
             runners["reference"] = ReferenceSide(fw, model, k, validate=True).run
         if "reference_novalidate" in sides:
             runners["reference_novalidate"] = ReferenceSide(fw, model, k, validate=False).run
+        if "framework_no_lightning" in sides:
+            runners["framework_no_lightning"] = NoLightningSide(fw).run
         times: dict[str, list[float]] = {name: [] for name in runners}
         for rep in range(repeats):
             # alternate the order so neither side always runs right after the other's caches
@@ -204,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (see README)"
     )
-    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--sides", nargs="+", default=list(SIDES[:3]), choices=SIDES)
     parser.add_argument(
         "--override", nargs="*", default=[], help="extra Hydra overrides for the framework"
     )
@@ -244,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("reference_novalidate_ms", "ref (no validation) ms"),
         ("ratio_reference", "fw/ref"),
         ("ratio_reference_novalidate", "fw/ref(no val.)"),
+        ("framework_no_lightning_ms", "no-Lightning ms"),
+        ("ratio_framework_no_lightning", "fw/no-Lightning"),
         ("framework_gflops", "GFLOP/s"),
         ("fraction_of_matmul", "of matmul"),
     ]
