@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,18 @@ def reference_run(tmp_path_factory: Any) -> tuple[dict[str, torch.Tensor], dict[
         run_dir.mkdir()
         train(compose_config(TINY, run_dir), run_dir)
     return final_weights(run_dir), read_metrics(run_dir)
+
+
+def wait_for_checkpoint_write(proc: subprocess.Popen, run_dir: Path, timeout: float = 300) -> bool:
+    """Wait until ``proc`` writes ``last.ckpt`` (so it is training) or exits; True if it wrote.
+
+    Signals sent after this land in training whatever the machine's load, not in start-up.
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = last.stat().st_mtime_ns if last.exists() else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if last.exists() and last.stat().st_mtime_ns != before:
+            return True
+        time.sleep(0.02)
+    return False

@@ -7,21 +7,28 @@ one line saying how to continue, writes no metrics.json and exits with 128 + sig
 
 from __future__ import annotations
 
+import os
+import random
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from iwae.run import train
-from tests.conftest import compose_config
+from tests.conftest import ROOT, compose_config
 from tests.reliability_helpers import (
     TINY,
     assert_same_weights,
     comparable_metrics,
     final_weights,
+    read_metrics,
     reference_run,
     run_train,
     signal_at,
+    wait_for_checkpoint_write,
 )
 
 SHORT = TINY  # 30 steps; the same config as the resume tests' reference run
@@ -81,3 +88,36 @@ def test_signal_at_the_last_step_saves_after_validation(tmp_path, reference):
         torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
     )
     resume_in_process(tmp_path, reference)
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_at_random_times_then_resume(tmp_path, reference):
+    """SIGTERM from another process at random times until a run finishes: during training it
+    saves and exits 143; before training starts or after it ends the default action ends
+    the process (nothing to save). Whatever the timing, the finished run matches."""
+    seed = time.time_ns() % 100_000
+    rng = random.Random(seed)
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "train.py", *SHORT, "resume=true", f"hydra.run.dir={tmp_path}"]
+    codes = []
+    for attempt in range(10):
+        log = tmp_path.parent / f"{tmp_path.name}-attempt{attempt}.log"  # a file: a pipe could fill
+        with open(log, "w") as err:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=err, stderr=err)
+        if attempt < 9 and wait_for_checkpoint_write(proc, tmp_path):
+            time.sleep(rng.uniform(0, 0.3))  # anywhere: a step, validation, a checkpoint write
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
+        stderr = log.read_text()
+        codes.append(proc.returncode)
+        assert proc.returncode in (0, 128 + signal.SIGTERM, -signal.SIGTERM), stderr[-3000:]
+        assert "Traceback" not in stderr, stderr[-3000:]
+        if proc.returncode == 0:
+            break
+    assert 128 + signal.SIGTERM in codes  # at least one signal landed in training
+    print(f"seed {seed}: exit codes {codes}")
+    weights, expected = reference[0], dict(reference[1])
+    assert_same_weights(final_weights(tmp_path), weights)
+    resumed = read_metrics(tmp_path)
+    resumed.pop("model"), expected.pop("model")  # Hydra's group choice: "custom" in-process
+    assert resumed == expected
