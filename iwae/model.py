@@ -268,6 +268,7 @@ def _bernoulli_term(layer: BernoulliLayer, h: Tensor, x: Tensor) -> Tensor:
     a = _tanh_mlp(layer.net, h)
     logits = _linear(layer.head, a)
     if a.dim() == 3 and a.shape[0] >= XL_MATMUL_MIN_K:
+        x = x.to(a.dtype)  # a matmul does not promote as `x * logits` does (bool, uint8 data)
         xl = torch.einsum("kbh,bh->kb", a, x @ layer.head.weight) + x @ layer.head.bias
     else:
         xl = (x * logits).sum(-1)
