@@ -24,6 +24,7 @@ class IWAEModule(pl.LightningModule):
         optimizer: a partial optimizer (Hydra ``_partial_: true``) completed with the parameters.
         schedule: an object with ``lr_factor(epoch)``, applied once per epoch.
         val_k: importance samples for the validation bound ``val/bound`` (nats, higher is better).
+        val_seed: seeds the validation noise, apart from the training stream.
         log_every_n_steps: training metrics are logged every this many steps only: logging
             every one of the paper's ten million steps costs more than the step itself.
         config: the run's resolved config, stored in every checkpoint so it can be rebuilt.
@@ -36,13 +37,15 @@ class IWAEModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         schedule: Any,
         val_k: int = 100,
+        val_seed: int = 0,
         log_every_n_steps: int = 50,
         config: dict | None = None,
     ) -> None:
         super().__init__()
         self.model, self.objective = model, objective
         self.optimizer_factory, self.schedule = optimizer, schedule
-        self.val_k, self.log_every_n_steps = val_k, max(1, log_every_n_steps)
+        self.val_k, self.val_seed = val_k, val_seed
+        self.log_every_n_steps = max(1, log_every_n_steps)
         self.config = config
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
@@ -55,8 +58,16 @@ class IWAEModule(pl.LightningModule):
         # A staged objective (vae_to_iwae, Table 2) picks its stage from the epoch.
         self.objective.on_train_epoch_start(self.current_epoch)
 
+    def on_validation_epoch_start(self) -> None:
+        # Validation draws its own seeded noise: every validation of a model gives the same
+        # val/bound, and the training stream (global RNG) is left exactly where it was, so a
+        # run resumed from a checkpoint taken before a validation continues bit for bit.
+        self._val_generator = torch.Generator(device=self.device).manual_seed(self.val_seed)
+
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
-        bound = log_likelihood(self.model, x, self.val_k, chunk_size=self.val_k).float()
+        bound = log_likelihood(
+            self.model, x, self.val_k, chunk_size=self.val_k, generator=self._val_generator
+        ).float()
         self.log("val/bound", bound.mean(), prog_bar=True, batch_size=x.shape[0])
 
     def configure_optimizers(self):

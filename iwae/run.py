@@ -53,6 +53,7 @@ def build_module(cfg: DictConfig, datamodule) -> IWAEModule:
         optimizer=build(cfg.optimizer),
         schedule=build(cfg.schedule),
         val_k=cfg.eval.val_k,
+        val_seed=cfg.eval.seed,
         log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
