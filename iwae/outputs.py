@@ -5,28 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
 
+from iwae.checkpointing import write_bytes_atomic
+
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write JSON to a temp file in the same directory, then rename: a kill mid-write never
-    leaves a truncated file where a good one stood."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON by temp file + fsync + rename: a kill mid-write never leaves a truncated file
+    where a good one stood (the same writer as checkpoints)."""
+    text = json.dumps(data, indent=2, sort_keys=True).encode()
+    write_bytes_atomic(path, lambda f: f.write(text))
 
 
 def save_sample_grid(
