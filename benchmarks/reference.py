@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Normal
 
-from iwae.model import IWAEModel
+from iwae.model import IWAEModel, tanh_mlp
 
 
 class GaussianMLP(nn.Module):
@@ -25,10 +25,7 @@ class GaussianMLP(nn.Module):
 
     def __init__(self, sizes: Sequence[int], out_dim: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(n_in, n_out), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        self.net = tanh_mlp(sizes)
         self.mean = nn.Linear(sizes[-1], out_dim)
         self.log_std = nn.Linear(sizes[-1], out_dim)
 
@@ -40,10 +37,7 @@ class GaussianMLP(nn.Module):
 class BernoulliMLP(nn.Module):
     def __init__(self, sizes: Sequence[int], out_dim: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(n_in, n_out), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        self.net = tanh_mlp(sizes)
         self.logits = nn.Linear(sizes[-1], out_dim)
 
     def forward(self, h: Tensor) -> Bernoulli:
