@@ -12,6 +12,7 @@ data, so a crafted file cannot run code. Every load in this project goes through
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -61,15 +62,50 @@ def write_bytes_atomic(path: str | os.PathLike, write: Callable[[io.BufferedWrit
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
     try:
+        # mkstemp creates the file 0600 whatever the umask; a colleague on a shared sweep
+        # file system must be able to read checkpoints as they can any other file of the run.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(err):
+            raise DiskFullError(
+                f"no space left on the device writing {path}; free some space there (or pass "
+                "hydra.run.dir=<a disk with room>) and resume: the previous file at that path "
+                "is intact"
+            ) from None
         raise
     _fsync_dir(path.parent)
+
+
+class DiskFullError(UserError):
+    """A write ran out of space (one line; the file it replaced is untouched)."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Did ``err`` come from a full disk (or quota)? ``torch.save`` reports a short write as a
+    ``RuntimeError`` ending in ``unexpected pos`` (inline_container.cc), not as an OSError."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, RuntimeError) and "unexpected pos" in str(err)
+
+
+def current_umask() -> int:
+    """This process's umask. Read from /proc where it is shown: setting it to read it back
+    (``os.umask``) would briefly apply umask 0 to files other threads create meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
