@@ -5,7 +5,8 @@
   `LoggedMetricsCheckpoint` does the same for the last validation metrics.
 - `NonFiniteGuard` stops (or skips the step) before a NaN/inf loss or gradient reaches the
   weights, so the last checkpoint stays good.
-- `PeriodicCheckpoint` writes ``last.ckpt`` every N steps (``callbacks=frequent``).
+- `BestAndLastCheckpoint` keeps ``best.ckpt`` and a ``last.ckpt`` that is never stale;
+  `PeriodicCheckpoint` also writes ``last.ckpt`` every N steps (``callbacks=frequent``).
 - `PreemptionCheckpoint` turns SIGTERM/SIGUSR1 (SLURM's preemption and time-limit signals) into
   "save last.ckpt at the next step boundary, then exit".
 """
@@ -297,6 +298,42 @@ def ends_epoch(trainer: pl.Trainer, batch_idx: int) -> bool:
     (its validation samples from the global generator), and the resumed weights were measured
     to differ. The epoch-end checkpoint, written after validation, follows a moment later."""
     return batch_idx + 1 >= trainer.num_training_batches
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` holds the latest state at every save point and the
+    final state when training ends, not only the state of the last new best.
+
+    Lightning 2.6 rewrites ``last.ckpt`` only in a call that also saved a top-k checkpoint
+    (``_last_global_step_saved == global_step`` in ``on_validation_end``): once ``val/bound``
+    stops improving, ``last.ckpt`` stays at the best step. Why a subclass, of the ways to fix it:
+    a second ``ModelCheckpoint(save_top_k=0, save_last=True)`` never saves a top-k checkpoint, so
+    the same condition keeps it from writing ``last.ckpt`` until ``on_train_end`` (and two of them
+    version each other's ``last.ckpt``); ``save_on_train_epoch_end`` only moves the same check
+    between ``on_train_epoch_end`` (the default here, after validation) and ``on_validation_end``.
+    Here both hooks save ``last.ckpt`` through Lightning's own ``_save_last_checkpoint`` (which
+    also records ``last_model_path``) when the parent did not, so the save points stay
+    Lightning's: after validation, never at the epoch's last batch (`ends_epoch`).
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_unless_saved(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):  # no validation: the epoch's end
+            self._save_last_unless_saved(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Training can stop between save points (max_steps mid-epoch): keep the final state.
+        self._save_last_unless_saved(trainer)
+
+    def _save_last_unless_saved(self, trainer: pl.Trainer) -> None:
+        # Skipped when this step is saved already (the parent saved a new best and last.ckpt).
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class PeriodicCheckpoint(Callback):
