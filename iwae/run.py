@@ -25,6 +25,7 @@ from iwae.launch import (  # importing it also registers the W&B sweep resolvers
 )
 from iwae.module import IWAEModule
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
+from iwae.resume import check_resume_config, use_epoch_exact_fit_loop
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.T
     loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node]
     callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node]
     max_epochs = cfg.trainer.get("max_epochs") or module.schedule.epochs
-    return build(
+    trainer = build(
         cfg.trainer,
         max_epochs=max_epochs,
         logger=loggers or False,
@@ -72,6 +73,8 @@ def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.T
         # Atomic checkpoint writes and weights_only loads (iwae/checkpointing.py).
         plugins=atomic_checkpoint_plugins([build(p) for p in cfg.trainer.get("plugins") or []]),
     )
+    use_epoch_exact_fit_loop(trainer)  # resuming with max_steps set skipped an epoch
+    return trainer
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: bool = False) -> str | None:
@@ -120,7 +123,9 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.get("init_from") and not ckpt_path:  # a resumed fine-tune run has its own weights
         load_init_weights(module, cfg.init_from)  # Table 2: weights only, fresh optimizer
     if ckpt_path:  # one clear line for a truncated, unsafe or mismatched file, before Lightning
-        check_state_dict_matches(load_checkpoint(ckpt_path), module, ckpt_path)
+        checkpoint = load_checkpoint(ckpt_path)
+        check_state_dict_matches(checkpoint, module, ckpt_path)  # the clearer line for that
+        check_resume_config(checkpoint.get("iwae_config"), module.config, ckpt_path)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics: dict[str, Any] = {

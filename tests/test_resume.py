@@ -92,6 +92,36 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path, reference
     assert_matches_reference(tmp_path, reference)
 
 
+WITHOUT_EPOCHS = [o for o in TINY if not o.startswith("schedule.")]
+STOPS = {  # how the run's length is set, and the steps it trains
+    "max_steps": ([*TINY, "++trainer.max_steps=25"], 25),  # stops inside epoch 3
+    "max_epochs": ([*TINY, "++trainer.max_epochs=2"], 20),
+    # The paper's schedule, in 2 stages of 1 and 3 epochs: the learning rate drops at epoch 1.
+    "paper": ([*WITHOUT_EPOCHS, "schedule=paper", "schedule.stages=2"], 40),
+}
+
+
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_resume_after_an_epoch_end_checkpoint_is_bit_identical(tmp_path, stop):
+    """Killed just after the first epoch-end checkpoint, with the run's length set by
+    ``trainer.max_steps`` (which made Lightning skip an epoch on resume), ``trainer.max_epochs``
+    or the paper's schedule: the resumed run trains the same steps and ends bit-identical."""
+    overrides, steps = STOPS[stop]
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    reference_dir.mkdir()
+    expected = comparable_metrics(train(compose_config(overrides, reference_dir), reference_dir))
+    assert expected["train/steps"] == steps
+    killed = run_train([*overrides, *signal_at(11)], run_dir)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    resumed = run_train([*overrides, "resume=true"], run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(final_weights(run_dir), final_weights(reference_dir))
+    metrics = read_metrics(run_dir)
+    metrics.pop("model"), expected.pop("model")  # Hydra's group choice: "custom" in-process
+    assert metrics == expected
+
+
 def test_resume_true_uses_last_if_there_is_one_else_starts_afresh(tmp_path):
     assert resolve_ckpt_path(None, tmp_path, resume=True) is None
     with pytest.raises(UserError, match="checkpoint not found"):  # `last` insists on one

@@ -1,0 +1,134 @@
+"""Resuming a run: the same training loop whether or not ``trainer.max_steps`` is set, and a
+refusal, in one line, of a resume that would change what the run is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.loops.fit_loop import _FitLoop
+
+from iwae.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class EpochExactFitLoop(_FitLoop):
+    """Lightning's fit loop, restarting from an epoch-end checkpoint the same way with
+    ``max_steps`` set as without it.
+
+    With ``max_steps != -1`` Lightning 2.6 treats training as "iteration based" and marks the
+    loop as restarting even from a checkpoint written after the epoch's validation (epoch
+    processed, not yet completed); the restarted epoch loop then finds its batch counters at the
+    end of an epoch and counts the next epoch as done without training it: ``schedule.epochs=4``
+    resumed after epoch 1 trained 3 epochs. Without ``max_steps`` it syncs ``completed`` with
+    ``processed`` and starts the next epoch afresh, which is exact. ``max_steps`` still stops
+    training where it says (that check is in ``done``, not here); a checkpoint from inside an
+    epoch restarts as before, since an unfinished epoch marks the loop restarting either way.
+    """
+
+    def _iteration_based_training(self) -> bool:
+        return False
+
+
+def use_epoch_exact_fit_loop(trainer: pl.Trainer) -> None:
+    """Swap in `EpochExactFitLoop`, keeping the trainer's epoch loop (which holds max_steps), as
+    ``Trainer.__init__`` builds its own."""
+    old = trainer.fit_loop
+    loop = EpochExactFitLoop(trainer, min_epochs=old.min_epochs, max_epochs=old.max_epochs)
+    loop.epoch_loop = old.epoch_loop
+    trainer.fit_loop = loop
+
+
+# --- what may change on resume -----------------------------------------------------------------
+# Keys (and everything below them) that a resume may change: they say how the run is observed,
+# evaluated, logged or where it is written, not what is trained. Every other key defines the
+# run (k, seed, objective.*, model.*, data.*, optimizer.*, schedule.*, the rest of trainer.*)
+# and must be as the checkpoint was trained with.
+MAY_CHANGE = (
+    "eval",  # the final test evaluation and the validation bound: measure, never train
+    "threads",
+    "logger",
+    "paths",
+    "ckpt_path",
+    "resume",
+    "mode",
+    "init_from",  # a resumed fine-tune run continues from its own weights, not init_from's
+    "data.root",  # where the dataset files are, not which data (data.path names a file: refused)
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",  # how often train/bound is logged
+    "trainer.accelerator",  # the same run continued on another kind of device
+    "trainer.max_epochs",  # where to stop: training up to the old point is unchanged
+    "trainer.max_steps",
+    "callbacks",  # checkpoint frequency, preemption signals, non-finite action, diagnostics
+)
+# Callbacks that shape training itself: without rng_state a resumed run draws other noise.
+MUST_MATCH = ("callbacks.rng_state",)
+# A schedule may be extended (more epochs or stages, the same learning rates up to the old end).
+EXTENDABLE = ("schedule.epochs", "schedule.stages")
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"latent_dims": [50]}}`` -> ``{"model.latent_dims": [50]}``."""
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def may_change(key: str, stored: Any, new: Any) -> bool:
+    """May ``key`` go from ``stored`` to ``new`` when a run is resumed?"""
+    if _under(key, MUST_MATCH):
+        return False
+    if key in EXTENDABLE:
+        return isinstance(stored, int) and isinstance(new, int) and new >= stored
+    return _under(key, MAY_CHANGE)
+
+
+MISSING = "<absent>"
+
+
+def refused_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: <stored> there, <new> here`` for every change a resume may not make."""
+    old, now = flatten(stored), flatten(new)
+    changes = []
+    for key in sorted(old.keys() | now.keys()):
+        before, after = old.get(key, MISSING), now.get(key, MISSING)
+        if before != after and not may_change(key, before, after):
+            changes.append(f"{key}: {before!r} there, {after!r} here")
+    return changes
+
+
+def check_resume_config(
+    stored: Mapping[str, Any] | None, new: Mapping[str, Any], ckpt_path: str | os.PathLike
+) -> None:
+    """Refuse, with one line naming the changed keys, to resume ``ckpt_path`` (trained with
+    ``stored``, its ``iwae_config``) under a config ``new`` that would change the run.
+
+    Without this a resume with another k, objective, seed or data split continued the old state
+    and recorded the new values, and a new ``optimizer.lr`` was silently overridden by the
+    restored optimizer.
+    """
+    if stored is None:  # written before configs were stored: nothing to compare against
+        log.warning("%s holds no run config; cannot check that the resume matches it", ckpt_path)
+        return
+    changes = refused_changes(stored, new)
+    if changes:
+        shown = "; ".join(changes[:4]) + (f" (and {len(changes) - 4} more)" if changes[4:] else "")
+        raise UserError(
+            f"resuming {ckpt_path} would change the run: {shown}; resume with the values it was "
+            "trained with, or start a new run in a new hydra.run.dir (only eval.*, threads, "
+            "logger, callbacks and the trainer's progress, logging and stopping settings may "
+            "change; see the README's Reliability section)"
+        )
