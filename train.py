@@ -12,10 +12,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from iwae.checkpointing import is_disk_full
 from iwae.cli import exit_on_bad_overrides, quiet_third_party_noise
 from iwae.errors import UserError
 from iwae.eval_checkpoint import evaluate_checkpoint
 from iwae.run import train
+from iwae.run_lock import exit_on_unusable_output_dir, run_lock
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -25,14 +27,25 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.get("mode", "train") not in ("train", "eval"):
             raise UserError(f"unknown mode {cfg.mode!r}; choose one of: train, eval")
         run = evaluate_checkpoint if cfg.get("mode") == "eval" else train
-        metrics = run(cfg, output_dir)
+        with run_lock(output_dir):  # one process per run directory (each job of a sweep too)
+            metrics = run(cfg, output_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        print(
+            f"error: no space left on the device writing {e.filename or output_dir}; free "
+            "some space there and resume",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return metrics.get("test/nll")  # what a Hydra sweeper minimises
 
 
 if __name__ == "__main__":
     exit_on_bad_overrides()
+    exit_on_unusable_output_dir()  # before Hydra, whose logging setup fails with a traceback
     quiet_third_party_noise()
     main()

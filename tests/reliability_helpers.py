@@ -66,6 +66,46 @@ class SignalAt(Callback):
         self._maybe_send(trainer, "on_train_batch_end")
 
 
+class PauseAt(Callback):
+    """At ``global_step == step``: write ``<run dir>/paused`` and wait (at most ``timeout``
+    seconds) until the test creates ``<run dir>/go``. Holds a run in training, lock held, for
+    as long as a test needs: no guessing how long a run takes on a loaded machine."""
+
+    def __init__(self, step: int, timeout: float = 300) -> None:
+        self.step, self.timeout = step, timeout
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step != self.step:
+            return
+        run_dir = Path(trainer.default_root_dir)
+        (run_dir / "paused").write_text(str(os.getpid()))
+        deadline = time.monotonic() + self.timeout
+        while not (run_dir / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def pause_at(step: int) -> list[str]:
+    """Overrides that add a `PauseAt` callback to a train.py run."""
+    return [f"+callbacks.pause._target_={__name__}.PauseAt", f"+callbacks.pause.step={step}"]
+
+
+def start_train(args: list[str], run_dir: Path, log: Path) -> subprocess.Popen:
+    """``python train.py <args> hydra.run.dir=<run_dir>`` in the background, output to ``log``
+    (a file: a pipe nobody reads could fill and stall the run)."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"]
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended ({proc.returncode}) before writing {path}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.02)
+
+
 DIGEST_BEFORE = "last_ckpt_sha256_before_fault"
 
 
