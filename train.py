@@ -32,6 +32,13 @@ def main(cfg: DictConfig) -> float | None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits 130 itself)
+        print(
+            f"interrupted (SIGINT) outside training; continue with the same command plus "
+            f"resume=true hydra.run.dir={output_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     except OSError as e:
         if not is_disk_full(e):
             raise

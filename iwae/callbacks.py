@@ -7,13 +7,14 @@
   weights, so the last checkpoint stays good.
 - `BestAndLastCheckpoint` keeps ``best.ckpt`` and a ``last.ckpt`` that is never stale;
   `PeriodicCheckpoint` also writes ``last.ckpt`` every N steps (``callbacks=frequent``).
-- `PreemptionCheckpoint` turns SIGTERM/SIGUSR1 (SLURM's preemption and time-limit signals) into
-  "save last.ckpt at the next step boundary, then exit".
+- `PreemptionCheckpoint` turns SIGTERM/SIGUSR1 (SLURM's preemption and time-limit signals) and
+  SIGINT (Ctrl-C) into "save last.ckpt at the next step boundary, then exit".
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import sys
@@ -213,7 +214,8 @@ class NonFiniteGuard(Callback):
 
 # --- preemption --------------------------------------------------------------------------------
 class PreemptionCheckpoint(Callback):
-    """On SIGTERM or SIGUSR1: finish the current step, save ``last.ckpt``, exit with 128 + signum.
+    """On SIGTERM, SIGUSR1 or SIGINT (Ctrl-C): finish the current step, save ``last.ckpt``,
+    exit with 128 + signum (143, 138, 130). A second SIGINT exits at once, saving nothing.
 
     The handler only records the signal: saving inside a signal handler could catch the
     optimizer mid-update. The checkpoint is written at the next ``on_train_batch_end``, the
@@ -221,11 +223,18 @@ class PreemptionCheckpoint(Callback):
     that were installed before (Lightning's SLURM requeue, submitit's) run after the save.
     Under DDP the ranks agree on stopping through one all-reduce per step.
 
+    SIGINT: Lightning 2.6 installs no handler for it; Python's default raises KeyboardInterrupt
+    wherever the main thread is (mid-update included), which Lightning's ``fit`` turns into
+    "attempting graceful shutdown" and ``sys.exit(1)`` without saving. Ours replaces it while
+    training; before and after training the default stays (train.py reports it in one line).
+
     Args:
         signals: names of the signals to handle.
     """
 
-    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1")) -> None:
+    def __init__(
+        self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1", "SIGINT")
+    ) -> None:
         try:
             self.signals = [
                 signal.Signals[name] if isinstance(name, str) else signal.Signals(name)
@@ -237,7 +246,19 @@ class PreemptionCheckpoint(Callback):
         self._previous: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signal.Signals(signum)
+        sig = signal.Signals(signum)
+        if sig == signal.SIGINT and self.received is not None:
+            # The user insists: stop now. os.write and os._exit are safe inside a handler (a
+            # print could be re-entered); a checkpoint write cut short leaves the previous file.
+            os.write(2, b"second SIGINT: exiting at once; last.ckpt is the last one saved\n")
+            os._exit(128 + signum)
+        self.received = sig
+        again = " (Ctrl-C again to exit at once, losing the steps since the last checkpoint)"
+        os.write(
+            2,
+            f"received {sig.name}: saving last.ckpt after this step, then exiting"
+            f"{again if sig == signal.SIGINT else ''}\n".encode(),
+        )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.received_sigterm:  # arrived between Lightning's handler and ours
@@ -279,7 +300,9 @@ class PreemptionCheckpoint(Callback):
         trainer.save_checkpoint(path)
         previous = self._previous.get(sig)
         self._restore_handlers()
-        if callable(previous):  # e.g. a requeue handler: now that the checkpoint exists
+        # e.g. a requeue handler, now that the checkpoint exists; not Python's SIGINT default,
+        # which would raise KeyboardInterrupt instead of the clean exit below.
+        if callable(previous) and previous is not signal.default_int_handler:
             previous(sig, None)
         if trainer.is_global_zero:
             print(

@@ -45,16 +45,19 @@ class SignalAt(Callback):
     SIGKILL ends the process at once (no handler, no cleanup): a kill at that exact point.
     """
 
-    def __init__(self, step: int, hook: str = "on_train_batch_start", sig: str = "SIGKILL"):
+    def __init__(
+        self, step: int, hook: str = "on_train_batch_start", sig: str = "SIGKILL", times: int = 1
+    ):
         if hook not in HOOKS:
             raise ValueError(f"hook must be one of {HOOKS}")
         self.step, self.hook, self.signum = step, hook, signal.Signals[sig]
-        self.sent = False
+        self.times, self.sent = times, False
 
     def _maybe_send(self, trainer: pl.Trainer, hook: str) -> None:
         if hook == self.hook and trainer.global_step == self.step and not self.sent:
             self.sent = True  # a handled signal (SIGTERM) lets the step finish: send it once
-            os.kill(os.getpid(), self.signum)
+            for _ in range(self.times):  # os.kill runs the handler before it returns
+                os.kill(os.getpid(), self.signum)
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         self._maybe_send(trainer, "on_train_batch_start")
@@ -142,13 +145,16 @@ def run_train(
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def signal_at(step: int, hook: str = "on_train_batch_start", sig: str = "SIGKILL") -> list[str]:
+def signal_at(
+    step: int, hook: str = "on_train_batch_start", sig: str = "SIGKILL", times: int = 1
+) -> list[str]:
     """Overrides that add a `SignalAt` callback to a train.py run."""
     return [
         f"+callbacks.fault._target_={__name__}.SignalAt",
         f"+callbacks.fault.step={step}",
         f"+callbacks.fault.hook={hook}",
         f"+callbacks.fault.sig={sig}",
+        f"+callbacks.fault.times={times}",
     ]
 
 

@@ -1,4 +1,5 @@
-"""SIGTERM and SIGUSR1 (SLURM preemption / time limit): save last.ckpt, exit cleanly, resume.
+"""SIGTERM and SIGUSR1 (SLURM preemption / time limit) and SIGINT (Ctrl-C): save last.ckpt,
+exit cleanly, resume; a second Ctrl-C exits at once.
 
 A run signalled during training finishes its step, saves ``checkpoints/last.ckpt``, prints
 one line saying how to continue, writes no metrics.json and exits with 128 + signal number;
@@ -24,11 +25,14 @@ from tests.reliability_helpers import (
     assert_same_weights,
     comparable_metrics,
     final_weights,
+    pause_at,
     read_metrics,
     reference_run,
     run_train,
     signal_at,
+    start_train,
     wait_for_checkpoint_write,
+    wait_for_file,
 )
 
 SHORT = TINY  # 30 steps; the same config as the resume tests' reference run
@@ -62,6 +66,36 @@ def test_sigterm_saves_then_exits_cleanly_and_resumes_exactly(tmp_path, referenc
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == step + 1  # the step in flight was finished, then saved
     resume_in_process(tmp_path, reference)
+
+
+def saved_step(run_dir) -> int:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def test_ctrl_c_from_outside_saves_exits_130_and_resumes_exactly(tmp_path, reference):
+    """SIGINT from another process (as a terminal's Ctrl-C sends it) while a step runs: the
+    step is finished and saved, not cut short by a KeyboardInterrupt."""
+    log = tmp_path.parent / f"{tmp_path.name}.log"
+    proc = start_train([*SHORT, *pause_at(5)], tmp_path, log)
+    wait_for_file(tmp_path / "paused", proc)  # inside step 6's on_train_batch_start
+    proc.send_signal(signal.SIGINT)
+    (tmp_path / "go").touch()
+    assert proc.wait(timeout=300) == 128 + signal.SIGINT
+    stderr = log.read_text()
+    lines = [line for line in stderr.splitlines() if line.startswith("preempted")]
+    assert len(lines) == 1 and "SIGINT at step 6" in lines[0] and "resume=true" in lines[0]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert saved_step(tmp_path) == 6 and not (tmp_path / "metrics.json").exists()
+    resume_in_process(tmp_path, reference)
+
+
+def test_a_second_ctrl_c_exits_at_once_without_saving(tmp_path):
+    proc = run_train([*SHORT, *signal_at(6, sig="SIGINT", times=2)], tmp_path)
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-3000:]
+    assert "second SIGINT: exiting at once" in proc.stderr
+    assert "preempted" not in proc.stderr and "Traceback" not in proc.stderr
+    # Nothing saved after the signal: last.ckpt is the periodic one from step 4, not step 7.
+    assert saved_step(tmp_path) == 4 and not (tmp_path / "metrics.json").exists()
 
 
 def test_sigusr1_in_process_saves_exits_and_restores_handlers(tmp_path, reference):
