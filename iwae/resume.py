@@ -59,6 +59,9 @@ MAY_CHANGE = (
     "mode",
     "init_from",  # a resumed fine-tune run continues from its own weights, not init_from's
     "data.root",  # where the dataset files are, not which data (data.path names a file: refused)
+    "data.download",  # how missing files are fetched: they are checked against their checksums
+    "data.base_url",
+    "data.verify_local",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",  # how often train/bound is logged
