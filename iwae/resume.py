@@ -23,10 +23,11 @@ class EpochExactFitLoop(_FitLoop):
 
     With ``max_steps != -1`` Lightning 2.6 treats training as "iteration based" and marks the
     loop as restarting even from a checkpoint written after the epoch's validation (epoch
-    processed, not yet completed); the restarted epoch loop then finds its batch counters at the
-    end of an epoch and counts the next epoch as done without training it: ``schedule.epochs=4``
-    resumed after epoch 1 trained 3 epochs. Without ``max_steps`` it syncs ``completed`` with
-    ``processed`` and starts the next epoch afresh, which is exact. ``max_steps`` still stops
+    processed, not yet completed): it replays that epoch's end, whose batch counters are full,
+    as one more pass of the epoch loop that trains nothing but counts as an epoch. A 4-epoch
+    quickstart run killed after its first epoch ended after 3 (600 steps, not 800). Without
+    ``max_steps`` Lightning syncs ``completed`` with ``processed`` and starts the next epoch
+    afresh, which is exact. ``max_steps`` still stops
     training where it says (that check is in ``done``, not here); a checkpoint from inside an
     epoch restarts as before, since an unfinished epoch marks the loop restarting either way.
     """
