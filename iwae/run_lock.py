@@ -23,8 +23,13 @@ from iwae.errors import UserError
 LOCK_NAME = ".iwae.lock"
 
 # Run directories this process holds, with the lock file's descriptor. flock belongs to an open
-# file: opening and locking the file again from this process would refuse ourselves.
+# file: opening and locking the file again from this process would refuse ourselves. Keyed by
+# the resolved path, so a symlinked spelling of the same directory is recognised.
 _held: dict[Path, int] = {}
+
+
+def _key(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir).resolve()
 
 
 def _is_first_process() -> bool:
@@ -43,7 +48,7 @@ def _unwritable(path: Path, err: OSError, key: str = "hydra.run.dir") -> UserErr
 def acquire_run_lock(run_dir: str | os.PathLike) -> None:
     """Lock ``run_dir`` for this process (creating it), or raise a one-line `UserError` if
     another process holds it or the directory cannot be written."""
-    run_dir = Path(run_dir).absolute()
+    run_dir = _key(run_dir)
     if run_dir in _held or not _is_first_process():
         return
     try:
@@ -67,7 +72,7 @@ def acquire_run_lock(run_dir: str | os.PathLike) -> None:
 
 def release_run_lock(run_dir: str | os.PathLike) -> None:
     """Drop the lock. The file stays: deleting it could let two processes lock two files."""
-    fd = _held.pop(Path(run_dir).absolute(), None)
+    fd = _held.pop(_key(run_dir), None)
     if fd is not None:
         os.close(fd)
 
@@ -76,7 +81,7 @@ def release_run_lock(run_dir: str | os.PathLike) -> None:
 def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the ``with`` block; a lock taken before (by
     `claim_output_dir`, before Hydra started) is kept, not released here."""
-    taken_here = Path(run_dir).absolute() not in _held
+    taken_here = _key(run_dir) not in _held
     acquire_run_lock(run_dir)
     try:
         yield
