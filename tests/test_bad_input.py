@@ -158,3 +158,16 @@ def test_train_py_misspelled_key_exits_2_with_one_line(tmp_path):
 def test_train_py_every_case_exits_2_with_one_line(case, npz_dir, tmp_path):
     overrides, expected = overrides_for(case, npz_dir)
     run_and_check([*FAST, "data.split=[200,50,50]", *overrides], expected, tmp_path)
+
+
+def test_mode_eval_refuses_non_finite_weights_and_writes_nothing(npz_dir, tmp_path):
+    from iwae.eval_checkpoint import evaluate_checkpoint
+
+    checkpoint = torch.load(npz_dir / "one_layer.ckpt", weights_only=True)
+    name = next(k for k in checkpoint["state_dict"] if k.startswith("model.decoder"))
+    checkpoint["state_dict"][name][0] = float("nan")
+    torch.save(checkpoint, tmp_path / "diverged.ckpt")
+    cfg = compose_config([*FAST, "mode=eval", f"ckpt_path={tmp_path / 'diverged.ckpt'}"], tmp_path)
+    with pytest.raises(UserError, match=rf"non-finite weights \({name}\)") as err:
+        evaluate_checkpoint(cfg, tmp_path)
+    assert_one_line_and_no_result(str(err.value), "evaluate an earlier checkpoint", tmp_path)
