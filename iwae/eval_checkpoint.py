@@ -20,9 +20,11 @@ from torch import Tensor
 
 from iwae.allowlist import rebuild_config
 from iwae.checkpointing import load_checkpoint
+from iwae.config_check import check_eval_values
 from iwae.errors import UserError
 from iwae.evaluation import test_metrics
 from iwae.launch import set_torch_threads
+from iwae.memory_check import check_eval_memory
 from iwae.model import IWAEModel
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
 from iwae.run import build
@@ -146,7 +148,10 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     # float sums depend on the thread count: the run's own `threads` reproduces its test/nll
     set_torch_threads(cfg.get("threads"))
     device = eval_device(cfg)
+    check_eval_values(cfg.eval, mode="eval")
     run = load_run(ckpt_path, device, cfg.eval.get("data_path"))
+    images = min(run.datamodule.eval_batch_size, len(run.datamodule.splits.test))
+    check_eval_memory(run.model, cfg.eval, images, "gpu" if device.type == "cuda" else "cpu")
     objective = build(run.config.objective)
     metrics: dict[str, Any] = {
         "objective": objective.name,
