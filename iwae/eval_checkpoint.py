@@ -20,7 +20,7 @@ from torch import Tensor
 
 from iwae.allowlist import rebuild_config
 from iwae.checkpointing import load_checkpoint
-from iwae.config_check import check_eval_values
+from iwae.config_check import check_eval_values, check_top_level
 from iwae.errors import UserError
 from iwae.evaluation import test_metrics
 from iwae.launch import set_torch_threads
@@ -148,6 +148,7 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     # float sums depend on the thread count: the run's own `threads` reproduces its test/nll
     set_torch_threads(cfg.get("threads"))
     device = eval_device(cfg)
+    check_top_level(cfg)  # threads, seed: the evaluation uses them too
     check_eval_values(cfg.eval, mode="eval")
     run = load_run(ckpt_path, device, cfg.eval.get("data_path"))
     images = min(run.datamodule.eval_batch_size, len(run.datamodule.splits.test))

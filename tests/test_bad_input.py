@@ -232,6 +232,7 @@ def test_quickstart_with_the_paper_schedule_composes(tmp_path):
     "overrides,expected",
     [
         (["eval.bound_ks=[0,5]"], "eval.bound_ks must be an integer >= 1"),
+        (["threads=1.5"], "threads must be an integer >= 1 or null"),
         (["eval.k=100000", "eval.chunk_size=100000"], "lower eval.chunk_size or set eval.max"),
     ],
 )
