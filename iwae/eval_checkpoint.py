@@ -145,11 +145,11 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path in (None, "", "null", "last") or not Path(ckpt_path).is_file():
         raise UserError(f"mode=eval needs ckpt_path=<existing .ckpt file>, got {ckpt_path!r}")
+    check_top_level(cfg)  # threads, seed: the evaluation uses them too
+    check_eval_values(cfg.eval, mode="eval")
     # float sums depend on the thread count: the run's own `threads` reproduces its test/nll
     set_torch_threads(cfg.get("threads"))
     device = eval_device(cfg)
-    check_top_level(cfg)  # threads, seed: the evaluation uses them too
-    check_eval_values(cfg.eval, mode="eval")
     run = load_run(ckpt_path, device, cfg.eval.get("data_path"))
     images = min(run.datamodule.eval_batch_size, len(run.datamodule.splits.test))
     check_eval_memory(run.model, cfg.eval, images, "gpu" if device.type == "cuda" else "cpu")
