@@ -200,8 +200,8 @@ def check_arguments(group: str, node: DictConfig) -> None:
             name, takes = str(node._target_).rsplit(".", 1)[-1], ", ".join(sorted(accepted))
             raise UserError(
                 f"{group}.{key} is not a setting of {name} (it takes {takes}); "
-                f"an experiment preset may have set it for another {group}: choose that {group} "
-                f"or drop {group}.{key}"
+                f"a preset (experiment=...) sets it for another {group}: keep that {group}, or "
+                "leave the preset out"
             )
 
 
