@@ -89,6 +89,8 @@ CASES = {
     "threads=0": (["threads=0"], "threads must be an integer >= 1 or null"),
     "resume=maybe": (["resume=maybe"], "resume must be true or false, got 'maybe'"),
     "hidden_dims=[[0]]": (["model.hidden_dims=[[0]]"], "model.hidden_dims must be one list"),
+    "latent_dims=[0]": (["model.latent_dims=[0]"], "model.latent_dims must be positive integers"),
+    "betas=[0.9,1.5]": (["optimizer.betas=[0.9,1.5]"], "optimizer.betas must be a finite number"),
     "stages=99": (["schedule=paper", "schedule.stages=99"], "schedule.stages must be at most 8"),
     "presets that do not compose": (
         ["experiment=table2_small", "schedule=constant"],
