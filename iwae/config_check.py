@@ -225,14 +225,14 @@ def check_memory(cfg: DictConfig, samples: int, datamodule: Any) -> None:
 
     with torch.device("meta"):  # shapes only: a model too big to build is caught here too
         model = build(cfg.model, input_dim=datamodule.input_dim)
-    accelerator = cfg.trainer.get("accelerator", "auto")
+    device = (cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("strategy", "auto"))
     batch = datamodule.batch_size
     check_fits(
         training_step_bytes(model, samples, batch),
         f"one training step at k={cfg.k}, data.batch_size={batch} (widest layer "
         f"{widest_layer(model)})",
         "lower k or data.batch_size",
-        accelerator,
+        device,
     )
     splits, val_k = datamodule.splits, cfg.eval.val_k
     images = min(datamodule.eval_batch_size, len(splits.val))  # per validation batch
@@ -240,8 +240,8 @@ def check_memory(cfg: DictConfig, samples: int, datamodule: Any) -> None:
         evaluation_bytes(model, images, val_k, val_k, None),
         f"the validation bound at eval.val_k={val_k} over {images} images a batch",
         "lower eval.val_k or data.eval_batch_size",
-        accelerator,
+        device,
     )
     if cfg.eval.get("enabled", True):
         images = min(datamodule.eval_batch_size, len(splits.test))
-        check_eval_memory(model, cfg.eval, images, accelerator)
+        check_eval_memory(model, cfg.eval, images, device)

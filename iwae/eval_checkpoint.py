@@ -152,7 +152,9 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     device = eval_device(cfg)
     run = load_run(ckpt_path, device, cfg.eval.get("data_path"))
     images = min(run.datamodule.eval_batch_size, len(run.datamodule.splits.test))
-    check_eval_memory(run.model, cfg.eval, images, "gpu" if device.type == "cuda" else "cpu")
+    check_eval_memory(
+        run.model, cfg.eval, images, ("gpu" if device.type == "cuda" else "cpu", "auto")
+    )
     objective = build(run.config.objective)
     metrics: dict[str, Any] = {
         "objective": objective.name,

@@ -53,9 +53,11 @@ def evaluation_bytes(
     return chunk_bytes + _parameter_bytes(model)
 
 
-def available_memory(accelerator: Any = "auto") -> tuple[int, str] | None:
+def available_memory(accelerator: Any = "auto", strategy: Any = "auto") -> tuple[int, str] | None:
     """(free bytes, where) of the device the run uses; None when it cannot be told."""
     if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        if any(s in str(strategy) for s in ("fork", "notebook")):
+            return None  # asking would start CUDA here, and forked ranks could not use it
         return torch.cuda.mem_get_info()[0], "GPU"
     meminfo = Path("/proc/meminfo")
     if not meminfo.is_file():
@@ -70,9 +72,12 @@ def gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def check_fits(need: int, what: str, advice: str, accelerator: Any = "auto") -> None:
-    """Raise a one-line `UserError` when ``need`` bytes exceed the memory available."""
-    free = available_memory(accelerator)
+def check_fits(
+    need: int, what: str, advice: str, device: tuple[Any, Any] = ("auto", "auto")
+) -> None:
+    """Raise a one-line `UserError` when ``need`` bytes exceed the memory available on
+    ``device``, the trainer's (accelerator, strategy)."""
+    free = available_memory(*device)
     if free is not None and need > free[0]:
         raise UserError(
             f"{what} needs about {gib(need)}, more than the {gib(free[0])} of {free[1]} memory "
@@ -80,18 +85,20 @@ def check_fits(need: int, what: str, advice: str, accelerator: Any = "auto") -> 
         )
 
 
-def check_eval_memory(model: nn.Module, eval_cfg: Any, images: int, accelerator: Any) -> None:
+def check_eval_memory(
+    model: nn.Module, eval_cfg: Any, images: int, device: tuple[Any, Any]
+) -> None:
     """The final k-sample evaluation (``eval.chunk_size`` samples of ``images`` at a time;
     ``eval.max_bytes`` caps it) fits."""
     need = evaluation_bytes(
         model, images, eval_cfg.k, eval_cfg.chunk_size, eval_cfg.get("max_bytes")
     )
-    room = available_memory(accelerator)
+    room = available_memory(*device)
     suggestion = f"eval.max_bytes={room[0] // 2}" if room else "eval.max_bytes=<bytes>"
     check_fits(
         need,
         f"the evaluation at eval.k={eval_cfg.k}, eval.chunk_size={eval_cfg.chunk_size} over "
         f"{images} test images a batch",
         f"lower eval.chunk_size or set {suggestion} (the estimate then streams in smaller chunks)",
-        accelerator,
+        device,
     )
