@@ -246,3 +246,23 @@ def test_mode_eval_checks_eval_values_before_evaluating(overrides, expected, npz
     with pytest.raises(UserError) as err:
         evaluate_checkpoint(cfg, tmp_path)
     assert_one_line_and_no_result(str(err.value), expected, tmp_path)
+
+
+GROUPS = ("model", "objective", "data", "schedule", "optimizer")
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        f"{g}={p.stem}"
+        for g in (*GROUPS, "experiment")
+        for p in sorted((CONF_DIR / g).glob("*.yaml"))
+    ],
+)
+def test_every_shipped_option_and_preset_passes_the_argument_check(choice, tmp_path):
+    """The check of each group's keys against its class never refuses a config we ship."""
+    from iwae.config_check import check_arguments
+
+    cfg = compose_config([choice], tmp_path)
+    for group in GROUPS:
+        check_arguments(group, cfg[group])
