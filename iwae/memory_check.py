@@ -49,8 +49,12 @@ def evaluation_bytes(
 ) -> int:
     """Peak bytes of one chunk of the k-sample estimate, as `chunk_plan` lays it out."""
     images, chunk = chunk_plan(model, images, k, chunk_size, max_bytes)
-    chunk_bytes = LIVE_TENSORS * images * chunk * widest_layer(model) * _itemsize(model)
-    return chunk_bytes + _parameter_bytes(model)
+    return images * chunk * _row_bytes(model) + _parameter_bytes(model)
+
+
+def _row_bytes(model: nn.Module) -> int:
+    """Bytes of one sample of one image in `chunk_plan`'s model of the evaluation."""
+    return LIVE_TENSORS * widest_layer(model) * _itemsize(model)
 
 
 def available_memory(accelerator: Any = "auto", strategy: Any = "auto") -> tuple[int, str] | None:
@@ -90,9 +94,13 @@ def check_eval_memory(
 ) -> None:
     """The final k-sample evaluation (``eval.chunk_size`` samples of ``images`` at a time;
     ``eval.max_bytes`` caps it) fits."""
-    need = evaluation_bytes(
-        model, images, eval_cfg.k, eval_cfg.chunk_size, eval_cfg.get("max_bytes")
-    )
+    max_bytes = eval_cfg.get("max_bytes")
+    if max_bytes is not None and max_bytes < _row_bytes(model):
+        raise UserError(
+            f"eval.max_bytes={max_bytes} is too small for one sample of one image (that takes "
+            f"{_row_bytes(model)} bytes); raise it, or set null for no cap"
+        )
+    need = evaluation_bytes(model, images, eval_cfg.k, eval_cfg.chunk_size, max_bytes)
     room = available_memory(*device)
     suggestion = f"eval.max_bytes={room[0] // 2}" if room else "eval.max_bytes=<bytes>"
     check_fits(

@@ -77,7 +77,7 @@ CASES = {
     "k=abc": (["k=abc"], "k must be an integer >= 1, got 'abc'"),
     # every key before training (issue 12, items 10-12)
     "eval.bound_ks=[0,5]": (["eval.bound_ks=[0,5]"], "eval.bound_ks must be an integer >= 1"),
-    "eval.max_bytes=1": (["eval.max_bytes=1"], "eval.max_bytes=1 is too small for one sample"),
+    "eval.max_bytes=1": (["eval.max_bytes=1"], "too small for one sample of one image (that takes"),
     "eval.max_bytes=lots": (["eval.max_bytes=lots"], "eval.max_bytes must be an integer >= 1"),
     "eval.active_threshold=abc": (["eval.active_threshold=abc"], "must be a finite number"),
     "eval.data_path in training": (["eval.data_path=x.npz"], "eval.data_path is for mode=eval"),
