@@ -107,13 +107,14 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
             )
 
 
-def check_run_values(cfg: DictConfig) -> None:
+def check_run_values(cfg: DictConfig) -> Any:
     """Raise a one-line `UserError` for any value that would otherwise fail (or be silently
     misread) later: during training, or after it, in the final evaluation.
 
-    Scalars first, then the constructors' arguments, then the data (read once here to learn
-    the input size and training-set size; the run reads them again), then whether the training
-    step, the validation bound and the evaluation fit in memory.
+    Scalars first, then the constructors' arguments, then the data (read here to learn the
+    input size and training-set size), then whether the training step, the validation bound
+    and the evaluation fit in memory. Returns the prepared datamodule, which a caller may use
+    rather than read the data again (its preparation uses no global random state).
     """
     from iwae.run import build  # iwae.run imports this module
 
@@ -135,6 +136,7 @@ def check_run_values(cfg: DictConfig) -> None:
             f"({n_train} images); lower data.batch_size or use more data"
         )
     check_memory(cfg, objective.num_samples, datamodule)
+    return datamodule
 
 
 def check_top_level(cfg: DictConfig) -> None:
