@@ -9,6 +9,7 @@ wrong shape, so that a bad file stops the run before any training starts.
 from __future__ import annotations
 
 import gzip
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -189,13 +190,20 @@ def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
     Returns ``({split or "all": [N, D] float32 in [0, 1]}, image_shape)``.
     """
     path = Path(path)
+    # Checked first: numpy takes any other file for a pickle and advises loading it "unsafely".
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path}: cannot read the .npz file: it is not an .npz archive (truncated, or a "
+            "text or other file); write one with numpy.savez"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except Exception as err:  # zipfile/pickle/OSError: a truncated or foreign file
-        raise UserError(
-            f"{path}: cannot read the .npz file ({type(err).__name__}: {err})"
-        ) from None
+    except Exception as err:  # a damaged archive, or object arrays
+        reason = f"{type(err).__name__}: {err}"
+        if "pickle" in reason:  # numpy's own message advises loading "unsafely": never
+            reason = "it holds object arrays, which are never unpickled: save numeric arrays"
+        raise UserError(f"{path}: cannot read the .npz file ({reason})") from None
     named = {k: arrays[k] for k in ("train", "val", "test") if k in arrays}
     if not named:
         if len(arrays) != 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from datamodules.base import BinarizedDataModule, DataSplits, split_rows
-from datamodules.formats import read_image_folder, read_npz
+from datamodules.formats import IMAGE_SUFFIXES, read_image_folder, read_npz
 from iwae.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -19,8 +20,9 @@ class UserDataModule(BinarizedDataModule):
     """Shared logic: a source with its own train/val/test, or one pool cut by ``split``.
 
     Args:
-        path: the ``.npz`` file or image folder; relative paths are taken from the working
-            directory.
+        path: the ``.npz`` file or image folder; a relative path is made absolute from the
+            working directory at once, and every checkpoint stores it with the data's SHA-256
+            (`state_dict`), so ``mode=eval`` scores the same bytes from any directory.
         split: ``[n_train, n_val, n_test]`` for a source with one pool of images, shuffled
             with ``split_seed`` before it is cut; must be null for a source with its own splits.
         split_seed: seed of that shuffle, apart from ``seed`` so every run sees one split.
@@ -37,7 +39,8 @@ class UserDataModule(BinarizedDataModule):
         super().__init__(**kw)
         if not path:
             raise UserError(f"data={self.name} needs data.path=<your file or folder>")
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().absolute()
+        self.data_sha256: str | None = None  # of the bytes read, set by `load_splits`
         self.split = None if split is None else [int(n) for n in split]
         self.split_seed = split_seed
         if self.split is not None and len(self.split) != 3:
@@ -50,6 +53,7 @@ class UserDataModule(BinarizedDataModule):
     def load_splits(self) -> DataSplits:
         if not self.path.exists():
             raise UserError(f"data.path {self.path} does not exist")
+        self.data_sha256 = data_digest(self.path)
         arrays, shape = self.read()
         if "all" in arrays:
             if self.split is None:
@@ -71,6 +75,25 @@ class UserDataModule(BinarizedDataModule):
                 f"{self.path} has its own train/val/test splits; remove data.split={self.split}"
             )
         return DataSplits(*(torch.from_numpy(arrays[s]) for s in SPLITS), image_shape=shape)
+
+    def state_dict(self) -> dict:
+        """Lightning's datamodule state in every checkpoint, plus which bytes were trained on."""
+        state = super().state_dict()
+        if self.data_sha256 is not None:
+            state["data_file"] = {"path": str(self.path), "sha256": self.data_sha256}
+        return state
+
+
+def data_digest(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's image files (their relative paths and bytes)."""
+    if path.is_file():
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    total = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        total.update(str(file.relative_to(path)).encode() + b"\0")
+        total.update(bytes.fromhex(data_digest(file)))
+    return total.hexdigest()
 
 
 class NpzDataModule(UserDataModule):

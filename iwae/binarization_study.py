@@ -24,41 +24,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from datamodules.base import binarize_once
-from iwae.checkpointing import load_checkpoint
 from iwae.errors import UserError
+from iwae.eval_checkpoint import load_run as load_checkpoint_run
 from iwae.evaluation import evaluate_nll
 from iwae.outputs import write_json_atomic
 
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
-    """``(model, prepared datamodule, config)`` of one run, from ``checkpoints/last.ckpt``."""
+    """``(model, prepared datamodule, config)`` of one run, from ``checkpoints/last.ckpt``,
+    through `iwae.eval_checkpoint.load_run`: the one loader, which refuses a stored config
+    that names anything but this project's classes."""
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-    ckpt = load_checkpoint(ckpt_path)  # weights_only=True: a checkpoint cannot run code
-    config = ckpt.get("iwae_config")
-    if config is None:  # older checkpoints: the config Hydra saved beside the run
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    cfg = OmegaConf.create(config)
+    run = load_checkpoint_run(ckpt_path)
+    config = OmegaConf.to_container(run.config)
     if config.get("threads"):  # the share of the cores the run itself was given
         torch.set_num_threads(int(config["threads"]))
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare()
-    model = instantiate(cfg.model, input_dim=datamodule.input_dim)
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
     metrics_file = run_dir / "metrics.json"
     steps = (
         json.loads(metrics_file.read_text()).get("train/steps") if metrics_file.is_file() else None
     )
-    if steps is not None and ckpt.get("global_step") != steps:
+    if steps is not None and run.checkpoint.get("global_step") != steps:
         raise UserError(
-            f"{ckpt_path} is from step {ckpt.get('global_step')} but the run trained {steps} "
-            "steps: save last.ckpt every epoch (callbacks.checkpoint.monitor=null)"
+            f"{ckpt_path} is from step {run.checkpoint.get('global_step')} but the run trained "
+            f"{steps} steps: save last.ckpt every epoch (callbacks.checkpoint.monitor=null)"
         )
-    return model.eval(), datamodule, config
+    return run.model, run.datamodule, config
 
 
 def batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""One-line errors for command-line overrides that Hydra would reject with a multi-line report.
+"""One-line errors for bad command-line overrides and bad values, before any training.
 
 Hydra prints a misspelled key (``objective.kk=5``) or an unparsable override as five lines and
 a hint about HYDRA_FULL_ERROR, and exits with status 1. `check_override_keys` composes the
@@ -9,17 +9,24 @@ closest existing keys, and the fix.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from pathlib import Path
+from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from iwae.errors import check_positive_int
+from iwae.errors import UserError, check_bool, check_number, check_optional_int, check_positive_int
+from iwae.evaluation import widest_layer
+from iwae.memory_check import check_eval_memory, check_fits, evaluation_bytes, training_step_bytes
 
 _OTHER_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 _BAD_OVERRIDE = re.compile(r"Could not override '([^']+)'")
 
 
@@ -68,7 +75,7 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
     """Compose the config with ``argv``'s overrides; None if Hydra accepts them, else one line.
 
     Only composition is tried (no interpolation is resolved, nothing is built), so it costs a
-    fraction of a second; values are checked later, where they are used.
+    fraction of a second; values are checked by `check_run_values`, once per run of a sweep.
     """
     if any(a.split("=")[0] in _OTHER_CONFIG_FLAGS for a in argv):
         return None  # another primary config: let Hydra compose it and report
@@ -100,14 +107,143 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
             )
 
 
-def check_run_values(cfg: DictConfig) -> None:
-    """Raise a one-line `UserError` for out-of-range values that would otherwise surface only
-    when they are used: ``eval.k`` after the whole training run, for instance."""
-    evaluation = cfg.get("eval") or {}
-    names = ["val_k"] + (["k", "chunk_size"] if evaluation.get("enabled", True) else [])
-    for name in names:
-        if name in evaluation:
-            check_positive_int(f"eval.{name}", evaluation[name])
+def check_run_values(cfg: DictConfig) -> Any:
+    """Raise a one-line `UserError` for any value that would otherwise fail (or be silently
+    misread) later: during training, or after it, in the final evaluation.
+
+    Scalars first, then the constructors' arguments, then the data (read here to learn the
+    input size and training-set size), then whether the training step, the validation bound
+    and the evaluation fit in memory. Returns the prepared datamodule, which a caller may use
+    rather than read the data again (its preparation uses no global random state).
+    """
+    from iwae.run import build  # iwae.run imports this module
+
+    check_top_level(cfg)
+    check_eval_values(cfg.eval, mode=str(cfg.get("mode", "train")))
+    check_optimizer(cfg.optimizer)
     max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
     if max_epochs is not None:
         check_positive_int("trainer.max_epochs", max_epochs)
+    for group in ("model", "objective", "data", "schedule", "optimizer"):
+        check_arguments(group, cfg[group])
+    objective, _ = build(cfg.objective), build(cfg.schedule)
+    datamodule = build(cfg.data)
+    datamodule.prepare()
+    n_train = len(datamodule.splits.train)
+    if datamodule.batch_size > n_train:
+        raise UserError(
+            f"data.batch_size={datamodule.batch_size} is larger than the training set "
+            f"({n_train} images); lower data.batch_size or use more data"
+        )
+    check_memory(cfg, objective.num_samples, datamodule)
+    return datamodule
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """``k``, ``seed``, ``threads``, ``resume``: the keys outside any group."""
+    check_positive_int("k", cfg.get("k"))
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    check_optional_int("threads", cfg.get("threads"), meaning=" (null: a share of the cores)")
+    check_bool("resume", cfg.get("resume", False))
+
+
+def check_eval_values(evaluation: DictConfig, mode: str = "train") -> None:
+    """Every ``eval.*`` key; ``k`` and ``chunk_size`` only when the evaluation runs."""
+    check_positive_int("eval.val_k", evaluation.get("val_k", 1))
+    check_bool("eval.enabled", evaluation.get("enabled", True))
+    if evaluation.get("data_path") is not None and mode != "eval":
+        raise UserError(
+            "eval.data_path is for mode=eval (score a saved run on another file); "
+            "to train on a file set data.path"
+        )
+    if not evaluation.get("enabled", True):
+        return
+    check_positive_int("eval.k", evaluation.get("k"))
+    check_positive_int("eval.chunk_size", evaluation.get("chunk_size"))
+    check_optional_int("eval.max_bytes", evaluation.get("max_bytes"), meaning=" (no cap)")
+    ks = evaluation.get("bound_ks") or []
+    if not isinstance(ks, ListConfig | list):
+        raise UserError(f"eval.bound_ks must be a list of sample sizes like [1,5,50], got {ks!r}")
+    for k in ks:
+        check_positive_int("eval.bound_ks", k)
+    check_positive_int("eval.seed", evaluation.get("seed", 0), minimum=0)
+    check_number("eval.active_threshold", evaluation.get("active_threshold", 0.01))
+    progress = evaluation.get("progress")
+    if progress is not None:
+        check_bool("eval.progress", progress)
+
+
+def check_optimizer(optimizer: DictConfig) -> None:
+    """Adam's settings: torch would refuse them only when training starts, with a traceback."""
+    for name, low in (("lr", 0.0), ("eps", 0.0), ("weight_decay", 0.0)):
+        if name in optimizer:
+            check_number(f"optimizer.{name}", optimizer[name], low)
+    betas = optimizer.get("betas")
+    if betas is not None:
+        if not isinstance(betas, ListConfig | list) or len(betas) != 2:
+            raise UserError(f"optimizer.betas must be two numbers in [0, 1), got {betas!r}")
+        for beta in betas:
+            check_number("optimizer.betas", beta, 0.0, 1.0)
+
+
+def check_arguments(group: str, node: DictConfig) -> None:
+    """One line for a key the group's class does not take (Hydra would raise a TypeError
+    inside a multi-line InstantiationException when building it)."""
+    try:
+        accepted = constructor_arguments(get_class(node._target_))
+    except Exception as err:  # ImportError, or a _target_ that is not a class
+        raise UserError(f"{group}._target_={node._target_!r} cannot be used ({err})") from None
+    if accepted is None:
+        return
+    for key in node:
+        if not str(key).startswith("_") and key not in accepted:
+            name, takes = str(node._target_).rsplit(".", 1)[-1], ", ".join(sorted(accepted))
+            raise UserError(
+                f"{group}.{key} is not a setting of {name} (it takes {takes}); "
+                f"a preset (experiment=...) sets it for another {group}: keep that {group}, or "
+                "leave the preset out"
+            )
+
+
+def constructor_arguments(cls: type) -> set[str] | None:
+    """Keyword arguments ``cls(...)`` takes, following ``**kw`` up the base classes; None
+    when a base class takes any keyword."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names - {"self"}
+    return None
+
+
+def check_memory(cfg: DictConfig, samples: int, datamodule: Any) -> None:
+    """The training step, the validation bound and the final evaluation each fit in memory."""
+    from iwae.run import build
+
+    with torch.device("meta"):  # shapes only: a model too big to build is caught here too
+        model = build(cfg.model, input_dim=datamodule.input_dim)
+    device = (cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("strategy", "auto"))
+    batch = datamodule.batch_size
+    check_fits(
+        training_step_bytes(model, samples, batch),
+        f"one training step at k={cfg.k}, data.batch_size={batch} (widest layer "
+        f"{widest_layer(model)})",
+        "lower k or data.batch_size",
+        device,
+    )
+    splits, val_k = datamodule.splits, cfg.eval.val_k
+    images = min(datamodule.eval_batch_size, len(splits.val))  # per validation batch
+    check_fits(
+        evaluation_bytes(model, images, val_k, val_k, None),
+        f"the validation bound at eval.val_k={val_k} over {images} images a batch",
+        "lower eval.val_k or data.eval_batch_size",
+        device,
+    )
+    if cfg.eval.get("enabled", True):
+        images = min(datamodule.eval_batch_size, len(splits.test))
+        check_eval_memory(model, cfg.eval, images, device)

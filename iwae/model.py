@@ -45,6 +45,26 @@ def tanh_mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _is_width(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_widths(values: object) -> bool:
+    """A list of layer widths (possibly empty: no hidden layer)."""
+    return (
+        isinstance(values, Sequence)
+        and not isinstance(values, str)
+        and all(_is_width(v) for v in values)
+    )
+
+
+def _plain(value: object) -> object:
+    """Config lists as plain lists, for messages."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
+
+
 class GaussianLayer(nn.Module):
     """A tanh MLP followed by one fused linear head giving (mean, log_std) of a Gaussian."""
 
@@ -105,13 +125,22 @@ class IWAEModel(nn.Module):
         hidden_dims: Sequence[Sequence[int]] = ((200, 200),),
     ) -> None:
         super().__init__()
-        if len(latent_dims) == 0 or len(latent_dims) != len(hidden_dims):
+        lists = all(isinstance(v, Sequence) for v in (latent_dims, hidden_dims))
+        if not lists or len(latent_dims) == 0 or len(latent_dims) != len(hidden_dims):
             raise UserError(
-                f"model.latent_dims {list(latent_dims)} and model.hidden_dims "
-                f"{[list(h) for h in hidden_dims]} must be non-empty and of the same length"
+                f"model.latent_dims {_plain(latent_dims)} and model.hidden_dims "
+                f"{_plain(hidden_dims)} must be non-empty lists of the same length"
             )
-        if input_dim < 1 or any(d < 1 for d in latent_dims):
-            raise UserError(f"layer sizes must be positive: input {input_dim}, {latent_dims}")
+        if input_dim < 1 or not all(_is_width(d) for d in latent_dims):
+            raise UserError(
+                f"model.latent_dims must be positive integers, got {list(latent_dims)} "
+                f"(input {input_dim})"
+            )
+        if not all(_is_widths(h) for h in hidden_dims):
+            raise UserError(
+                f"model.hidden_dims must be one list of positive layer widths per stochastic "
+                f"layer, like [[200,200]], got {_plain(hidden_dims)}"
+            )
         self.input_dim, self.latent_dims = input_dim, list(latent_dims)
         below = [input_dim, *latent_dims[:-1]]  # what each stochastic layer conditions on
         self.encoder = nn.ModuleList(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from iwae.errors import UserError, check_positive_int
+from iwae.errors import UserError, check_number, check_positive_int
+
+PAPER_STAGES = 8
 
 
 class ConstantSchedule:
@@ -20,14 +22,26 @@ class PaperSchedule:
 
     ``stages=8`` is the paper's 3,280 epochs; fewer stages run its first part. ``epoch_scale``
     multiplies every stage's length (e.g. 0.1 for a quick look; each stage keeps >= 1 epoch).
+    ``epochs`` stops after that many epochs of the schedule (null: all of it), which is what
+    ``schedule.epochs`` of a preset such as ``experiment=quickstart`` means with ``schedule=paper``.
     """
 
-    def __init__(self, stages: int = 8, epoch_scale: float = 1.0) -> None:
+    def __init__(
+        self, stages: int = 8, epoch_scale: float = 1.0, epochs: int | None = None
+    ) -> None:
         self.stages = check_positive_int("schedule.stages", stages)
+        if self.stages > PAPER_STAGES:  # 3^(stages-1) epochs in the last stage alone
+            raise UserError(
+                f"schedule.stages must be at most {PAPER_STAGES} (the paper's 3,280 epochs), got "
+                f"{stages}; for longer stages raise schedule.epoch_scale"
+            )
+        check_number("schedule.epoch_scale", epoch_scale)
         if epoch_scale <= 0:
             raise UserError(f"schedule.epoch_scale must be > 0, got {epoch_scale}")
         self.stage_epochs = [max(1, round(3**i * epoch_scale)) for i in range(self.stages)]
         self.epochs = sum(self.stage_epochs)
+        if epochs is not None:
+            self.epochs = min(self.epochs, check_positive_int("schedule.epochs", epochs))
 
     def stage(self, epoch: int) -> int:
         end = 0

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from iwae.cli import CONF_DIR, check_overrides
-from iwae.config_check import check_override_keys
+from iwae.config_check import check_override_keys, check_run_values
 from iwae.errors import UserError
 from iwae.run import build, build_module, train
 from tests.conftest import compose_config
@@ -75,6 +75,33 @@ CASES = {
     "batch_size=0": (["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0"),
     "epochs=0": (["schedule.epochs=0"], "schedule.epochs must be an integer >= 1, got 0"),
     "k=abc": (["k=abc"], "k must be an integer >= 1, got 'abc'"),
+    # every key before training (issue 12, items 10-12)
+    "eval.bound_ks=[0,5]": (["eval.bound_ks=[0,5]"], "eval.bound_ks must be an integer >= 1"),
+    "eval.max_bytes=1": (["eval.max_bytes=1"], "too small for one sample of one image (that takes"),
+    "eval.max_bytes=lots": (["eval.max_bytes=lots"], "eval.max_bytes must be an integer >= 1"),
+    "eval.active_threshold=abc": (["eval.active_threshold=abc"], "must be a finite number"),
+    "eval.data_path in training": (["eval.data_path=x.npz"], "eval.data_path is for mode=eval"),
+    "seed=-1": (["seed=-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+    "seed=abc": (["seed=abc"], "seed must be an integer from 0 to 4294967295, got 'abc'"),
+    "optimizer.lr=-1": (["optimizer.lr=-1"], "optimizer.lr must be a finite number >= 0"),
+    "optimizer.lr=nan": (["optimizer.lr=nan"], "optimizer.lr must be a finite number >= 0"),
+    "threads=1.5": (["threads=1.5"], "threads must be an integer >= 1 or null"),
+    "threads=0": (["threads=0"], "threads must be an integer >= 1 or null"),
+    "resume=maybe": (["resume=maybe"], "resume must be true or false, got 'maybe'"),
+    "hidden_dims=[[0]]": (["model.hidden_dims=[[0]]"], "model.hidden_dims must be one list"),
+    "latent_dims=[0]": (["model.latent_dims=[0]"], "model.latent_dims must be positive integers"),
+    "betas=[0.9,1.5]": (["optimizer.betas=[0.9,1.5]"], "optimizer.betas must be a finite number"),
+    "stages=99": (["schedule=paper", "schedule.stages=99"], "schedule.stages must be at most 8"),
+    "presets that do not compose": (
+        ["experiment=table2_small", "schedule=constant"],
+        "schedule.stages is not a setting of ConstantSchedule (it takes epochs)",
+    ),
+    "batch larger than the data": (["data.batch_size=201"], "larger than the training set (200"),
+    "k out of memory": (["k=1000000000"], "one training step at k=1000000000"),
+    "eval chunk out of memory": (
+        ["eval.k=10000000", "eval.chunk_size=10000000"],
+        "needs about",
+    ),
     # dataset files
     "missing data file": (["data=npz", "data.path=/none/x.npz"], "/none/x.npz"),
     "truncated data file": ("truncated.npz", "cannot read the .npz file"),
@@ -158,3 +185,84 @@ def test_train_py_misspelled_key_exits_2_with_one_line(tmp_path):
 def test_train_py_every_case_exits_2_with_one_line(case, npz_dir, tmp_path):
     overrides, expected = overrides_for(case, npz_dir)
     run_and_check([*FAST, "data.split=[200,50,50]", *overrides], expected, tmp_path)
+
+
+def test_mode_eval_refuses_non_finite_weights_and_writes_nothing(npz_dir, tmp_path):
+    from iwae.eval_checkpoint import evaluate_checkpoint
+
+    checkpoint = torch.load(npz_dir / "one_layer.ckpt", weights_only=True)
+    name = next(k for k in checkpoint["state_dict"] if k.startswith("model.decoder"))
+    checkpoint["state_dict"][name][0] = float("nan")
+    torch.save(checkpoint, tmp_path / "diverged.ckpt")
+    cfg = compose_config([*FAST, "mode=eval", f"ckpt_path={tmp_path / 'diverged.ckpt'}"], tmp_path)
+    with pytest.raises(UserError, match=rf"non-finite weights \({name}\)") as err:
+        evaluate_checkpoint(cfg, tmp_path)
+    assert_one_line_and_no_result(str(err.value), "evaluate an earlier checkpoint", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "case", ["seed=abc", "threads=1.5", "resume=maybe", "k out of memory", "eval.bound_ks=[0,5]"]
+)
+def test_train_py_bad_values_exit_2_before_training(case, tmp_path):
+    overrides, expected = CASES[case]
+    run_and_check([*FAST, "threads=1", *overrides], expected, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["threads=null", "optimizer.lr=0", "seed=4294967295", "eval.bound_ks=[1,5,50,500,5000]"],
+        ["eval=none", "eval.k=0"],  # no final evaluation: its k is never used
+        ["schedule=paper", "schedule.stages=8", "model=two_layer", "k=50"],
+    ],
+)
+def test_values_hydra_accepts_and_the_run_can_use_pass(overrides, tmp_path):
+    check_run_values(compose_config(["data.split=[200,50,50]", *overrides], tmp_path))
+
+
+def test_quickstart_with_the_paper_schedule_composes(tmp_path):
+    """Two documented options: the paper's learning-rate decay, cut at the preset's epochs."""
+    cfg = compose_config(["experiment=quickstart", "schedule=paper"], tmp_path)
+    check_run_values(cfg)
+    schedule = build(cfg.schedule)
+    assert schedule.epochs == cfg.schedule.epochs < sum(schedule.stage_epochs)
+    assert schedule.lr_factor(schedule.epochs - 1) < schedule.lr_factor(0)
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["eval.bound_ks=[0,5]"], "eval.bound_ks must be an integer >= 1"),
+        (["threads=1.5"], "threads must be an integer >= 1 or null"),
+        (["eval.k=100000", "eval.chunk_size=100000"], "lower eval.chunk_size or set eval.max"),
+    ],
+)
+def test_mode_eval_checks_eval_values_before_evaluating(overrides, expected, npz_dir, tmp_path):
+    from iwae.eval_checkpoint import evaluate_checkpoint
+
+    ckpt = f"ckpt_path={npz_dir / 'one_layer.ckpt'}"
+    cfg = compose_config([*FAST, "mode=eval", ckpt, *overrides], tmp_path)
+    with pytest.raises(UserError) as err:
+        evaluate_checkpoint(cfg, tmp_path)
+    assert_one_line_and_no_result(str(err.value), expected, tmp_path)
+
+
+GROUPS = ("model", "objective", "data", "schedule", "optimizer")
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        f"{g}={p.stem}"
+        for g in (*GROUPS, "experiment")
+        for p in sorted((CONF_DIR / g).glob("*.yaml"))
+    ],
+)
+def test_every_shipped_option_and_preset_passes_the_argument_check(choice, tmp_path):
+    """The check of each group's keys against its class never refuses a config we ship."""
+    from iwae.config_check import check_arguments
+
+    cfg = compose_config([choice], tmp_path)
+    for group in GROUPS:
+        check_arguments(group, cfg[group])

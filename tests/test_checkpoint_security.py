@@ -157,3 +157,130 @@ def test_checkpoint_and_metrics_writes_survive_sigkill(tmp_path):
     write(1)  # the next save clears the temp files killed writes left behind
     assert not list(ckpt.parent.glob(".*.tmp"))
     assert not list(tmp_path.glob(".metrics.json.*.tmp"))  # metrics.json shares the writer
+
+
+# --- the stored run config: only this project's classes are ever built -----------------------
+GROUPS = ("model", "objective", "data", "schedule", "optimizer")
+
+
+@pytest.fixture(scope="module")
+def genuine(tmp_path_factory) -> dict:
+    """A checkpoint as train.py writes it (weights + resolved iwae_config), as a dict."""
+    from tests.test_bad_input import save_untrained_checkpoint
+
+    path = tmp_path_factory.mktemp("genuine") / "run.ckpt"
+    save_untrained_checkpoint(path, [])
+    return torch.load(path, weights_only=True)
+
+
+def _crafted(genuine: dict, tmp_path: Path, key: str, node) -> Path:
+    checkpoint = {**genuine, "iwae_config": {**genuine["iwae_config"], key: node}}
+    path = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def _payloads(victim: Path, copy: Path) -> dict[str, tuple[str, object]]:
+    """(group, stored node) that call code through Hydra if the node is instantiated."""
+    truncate = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
+    copy_file = {"_target_": "shutil.copyfile", "src": str(victim), "dst": str(copy)}
+    model = "iwae.model.IWAEModel"
+    return {
+        "open truncates": ("model", truncate),
+        "copyfile copies": ("data", copy_file),
+        "nested in objective": (
+            "objective",
+            {"_target_": "iwae.objectives.Staged", "first": truncate, "second": truncate},
+        ),
+        "nested in a list": ("model", {"_target_": model, "hidden_dims": [[copy_file]]}),
+        "_args_": ("model", {"_target_": model, "_args_": [copy_file]}),
+        "_partial_": ("model", {"_target_": model, "_partial_": True}),
+        "interpolation": ("model", {"_target_": model, "latent_dims": "${oc.decode:'[5]'}"}),
+        "data target in model": ("model", {"_target_": "datamodules.NpzDataModule"}),
+    }
+
+
+def test_crafted_config_really_calls_code_when_instantiated(tmp_path):
+    """The control: Hydra runs the payloads the loader must refuse."""
+    from hydra.utils import instantiate
+
+    victim, copy = tmp_path / "victim.txt", tmp_path / "copy.txt"
+    victim.write_text("precious")
+    payloads = _payloads(victim, copy)
+    instantiate(payloads["copyfile copies"][1])
+    instantiate(payloads["open truncates"][1]).close()
+    assert copy.read_text() == "precious" and victim.read_text() == ""
+
+
+@pytest.mark.parametrize("case", list(_payloads(Path("v"), Path("c"))))
+def test_loaders_refuse_a_stored_config_that_calls_other_code(case, genuine, tmp_path):
+    from iwae.binarization_study import load_run as study_load_run
+
+    victim, copy = tmp_path / "victim.txt", tmp_path / "copy.txt"
+    victim.write_text("precious")
+    group, node = _payloads(victim, copy)[case]
+    path = _crafted(genuine, tmp_path, group, node)
+    with pytest.raises(UserError, match=r"^refused to rebuild .*crafted\.ckpt: ") as err:
+        load_run(path)  # mode=eval and iwae.report
+    assert "\n" not in str(err.value)
+    (tmp_path / "checkpoints").mkdir()
+    path.rename(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(UserError, match="refused to rebuild"):
+        study_load_run(tmp_path)
+    assert victim.read_text() == "precious" and not copy.exists()
+
+
+def test_mode_eval_refuses_a_crafted_config_in_one_line(genuine, tmp_path):
+    from tests.reliability_helpers import run_train
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    truncate = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
+    path = _crafted(genuine, tmp_path, "model", truncate)
+    proc = run_train(["mode=eval", f"ckpt_path={path}", "logger=none"], tmp_path / "run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: refused to rebuild")
+    assert victim.read_text() == "precious" and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_genuine_checkpoint_is_rebuilt(genuine, tmp_path):
+    path = tmp_path / "genuine.ckpt"
+    torch.save(genuine, path)
+    assert load_run(path).model.input_dim == 784
+
+
+def _conf_targets() -> set[tuple[str, str]]:
+    """(group, _target_) of every class conf/ builds in the rebuilt groups, experiments too."""
+    import yaml
+
+    found: set[tuple[str, str]] = set()
+
+    def walk(group: str, node) -> None:
+        if isinstance(node, dict):
+            if "_target_" in node:
+                found.add((group, node["_target_"]))
+            for value in node.values():
+                walk(group, value)
+
+    for group in GROUPS:
+        for file in (ROOT / "conf" / group).glob("*.yaml"):
+            walk(group, yaml.safe_load(file.read_text()))
+    for file in (ROOT / "conf" / "experiment").glob("*.yaml"):
+        preset = yaml.safe_load(file.read_text()) or {}
+        for group in GROUPS:
+            walk(group, preset.get(group))
+    return found
+
+
+def test_allow_list_covers_every_target_in_conf_and_each_is_importable():
+    from hydra.utils import get_class
+
+    from iwae.allowlist import ALLOWED_TARGETS
+
+    targets = _conf_targets()
+    assert {g for g, _ in targets} == set(GROUPS)  # the walk found every group
+    missing = [(g, t) for g, t in targets if t not in ALLOWED_TARGETS[g]]
+    assert not missing, f"add these to iwae/allowlist.py: {missing}"
+    for group in GROUPS:
+        for target in ALLOWED_TARGETS[group]:
+            get_class(target)

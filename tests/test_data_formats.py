@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.io import savemat
 
 from datamodules.formats import (
@@ -222,3 +223,81 @@ def test_npz_channel_axis_is_dropped(tmp_path, layout):
     out, shape = read_npz(tmp_path / "mine.npz")
     assert shape == (8, 6)
     np.testing.assert_array_equal(out["all"], images.reshape(3, 48))
+
+
+@pytest.mark.parametrize("kind", ["text", "object arrays"])
+def test_npz_that_is_text_or_holds_objects_never_suggests_unsafe_loading(tmp_path, kind):
+    path = tmp_path / "images.npz"
+    if kind == "text":
+        path.write_text("0 1 0 1\n1 0 1 0\n")
+        expected = "it is not an .npz archive"
+    else:
+        np.savez(path, train=np.array([{"a": 1}], dtype=object))
+        expected = "holds object arrays, which are never unpickled"
+    with pytest.raises(UserError, match="cannot read the .npz file") as err:
+        read_npz(path)
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+    assert "allow_pickle" not in message and "unsafe" not in message
+
+
+# --- mode=eval scores the bytes a run was trained on ------------------------------------------
+@pytest.fixture
+def npz_run(tmp_path, monkeypatch, tiny_overrides) -> tuple[Path, Path]:
+    """A one-epoch run on ``images.npz`` given by a relative path; (checkpoint, data file)."""
+    from iwae.run import train
+    from tests.conftest import compose_config
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "trained_here"
+    data.mkdir()
+    np.savez(data / "images.npz", all=rng.random((300, 6, 6), dtype=np.float32))
+    monkeypatch.chdir(data)
+    overrides = [*tiny_overrides, "data=npz", "data.path=images.npz", "eval.enabled=false"]
+    train(compose_config(overrides, tmp_path / "run"), tmp_path / "run")
+    return tmp_path / "run" / "checkpoints" / "last.ckpt", data / "images.npz"
+
+
+def test_eval_reads_the_stored_absolute_path_and_refuses_a_changed_file(
+    npz_run, tmp_path, monkeypatch
+):
+    from iwae.eval_checkpoint import load_run
+
+    ckpt, data = npz_run
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    np.savez(elsewhere / "images.npz", all=np.zeros((300, 6, 6), dtype=np.float32))
+    monkeypatch.chdir(elsewhere)  # the stored relative path would now name this file
+    assert load_run(ckpt).datamodule.path == data
+    np.savez(data, all=np.ones((300, 6, 6), dtype=np.float32))  # same shape, other bytes
+    with pytest.raises(UserError, match=r"changed since .* pass eval.data_path=") as err:
+        load_run(ckpt)
+    assert "\n" not in str(err.value)
+    assert load_run(ckpt, data_path=str(data)).datamodule.path == data  # on purpose
+    old = torch.load(ckpt, weights_only=True)
+    del old["NpzDataModule"]  # as written before checksums: only the relative path
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match="stores the relative data.path 'images.npz' and no"):
+        load_run(tmp_path / "old.ckpt")
+
+
+def test_eval_with_another_data_file_records_it_in_metrics(npz_run, tmp_path):
+    import json
+
+    from iwae.eval_checkpoint import evaluate_checkpoint
+    from tests.conftest import compose_config
+
+    ckpt, data = npz_run
+    other = tmp_path / "other.npz"
+    np.savez(other, all=np.zeros((300, 6, 6), dtype=np.float32))
+    overrides = ["logger=none", "mode=eval", f"ckpt_path={ckpt}", "eval.k=5", "eval.val_k=2"]
+    cfg = compose_config([*overrides, f"eval.data_path={other}"], tmp_path / "eval")
+    evaluate_checkpoint(cfg, tmp_path / "eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["eval/data_path"] == str(other)
+    assert metrics["eval/data_sha256"] != stored_sha256(ckpt)
+
+
+def stored_sha256(ckpt: Path) -> str:
+    """The SHA-256 Lightning stored with the datamodule's state in ``ckpt``."""
+    return torch.load(ckpt, weights_only=True)["NpzDataModule"]["data_file"]["sha256"]

@@ -1,0 +1,91 @@
+"""What a checkpoint's stored config may build: this project's own classes, nothing else.
+
+``torch.load(weights_only=True)`` keeps a checkpoint from running code while it is unpickled,
+but the run config stored in it (``iwae_config``) is later passed to ``hydra.utils.instantiate``,
+which calls whatever ``_target_`` names: ``builtins.open(victim, "w")`` would truncate a file.
+`rebuild_config` checks the stored config before anything is built: every ``_target_`` in a
+group that is rebuilt must be one of that group's classes below (the ones ``conf/`` uses;
+``tests/test_checkpoint_security.py`` checks that the lists cover ``conf/``), and Hydra's other
+special keys (``_args_``, ``_partial_``, ``_recursive_``, ``_convert_``) and interpolations
+(a resolver such as ``oc.decode`` could build a new ``_target_``), are refused: a stored
+config is resolved before it is saved, so a genuine one has none. Nothing else of the
+stored config is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from iwae.errors import UserError
+
+_OBJECTIVES = ("IWAE", "VAE", "MIWAE", "CIWAE", "PIWAE", "Staged")
+_DATA = ("MNISTSubset", "MNIST", "BinarizedMNIST", "Omniglot", "FashionMNIST", "Npz", "Folder")
+
+# The classes a stored config may name, per config group.
+ALLOWED_TARGETS: dict[str, frozenset[str]] = {
+    "model": frozenset({"iwae.model.IWAEModel"}),
+    "objective": frozenset(f"iwae.objectives.{name}" for name in _OBJECTIVES),
+    "data": frozenset(f"datamodules.{name}DataModule" for name in _DATA),
+    "schedule": frozenset({"iwae.schedules.ConstantSchedule", "iwae.schedules.PaperSchedule"}),
+    "optimizer": frozenset({"torch.optim.Adam"}),
+}
+# ``_partial_: true`` is how conf/optimizer hands Adam to the module without its parameters.
+_PARTIAL_GROUPS = ("optimizer",)
+# Plain settings a rebuilt run reads (threads, seed, eval.k): they may hold no `_target_`.
+_PLAIN_KEYS = ("k", "seed", "threads", "eval")
+
+
+def check_node(group: str, node: Any, where: str) -> None:
+    """Raise a one-line `UserError` if ``node`` (plain dicts, lists and scalars, resolved)
+    would make Hydra call anything but ``group``'s allowed classes."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            place = f"{where}.{key}"
+            if key == "_target_":
+                if value not in ALLOWED_TARGETS.get(group, ()):
+                    raise UserError(
+                        f"{place} names {value!r}, which is not one of this project's {group} "
+                        "classes; only a checkpoint written by train.py can be rebuilt"
+                    )
+            elif isinstance(key, str) and key.startswith("_") and key.endswith("_"):
+                if not (key == "_partial_" and group in _PARTIAL_GROUPS and where == group):
+                    raise UserError(f"{place}: Hydra's {key} is not allowed in a stored config")
+            check_node(group, value, place)
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            check_node(group, value, f"{where}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise UserError(f"{where}: interpolation {node!r} is not allowed in a stored config")
+
+
+def rebuild_config(stored: Mapping[str, Any], source: str) -> DictConfig:
+    """The stored run config, limited to what can be rebuilt safely, or a one-line `UserError`
+    naming ``source`` (the checkpoint) and the offending key. Nothing is called."""
+    safe: dict[str, Any] = {}
+    for key in (*ALLOWED_TARGETS, *_PLAIN_KEYS):
+        if key not in stored:
+            continue
+        value = stored[key]
+        try:
+            check_node(key if key in ALLOWED_TARGETS else "", value, key)
+            if key in ("model", "data", "objective") and not _has_target(value):
+                raise UserError(f"{key} has no _target_")
+        except UserError as err:
+            raise UserError(f"refused to rebuild {source}: {err}") from None
+        safe[key] = value
+    try:
+        return OmegaConf.create(safe)
+    except OmegaConfBaseException as err:  # a tensor or other non-config value
+        raise UserError(f"refused to rebuild {source}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _has_target(value: Any) -> bool:
+    return isinstance(value, Mapping) and isinstance(value.get("_target_"), str)
