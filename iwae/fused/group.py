@@ -210,7 +210,7 @@ class FusedGroup:
             if not alive[m] and m not in self.reported:
                 self.reported.add(m)
                 setting = self.nonfinite[m]
-                why = "" if setting.action == "stop" else f" after skipping {skipped[m]} steps"
+                why = "" if setting.action == "stop" else f" after skipping {skipped[m] - 1} steps"
                 print(
                     f"error: non-finite loss or gradient in {member.label} at step {first_bad[m]}"
                     f"{why}; that run stopped before the update (no metrics.json), the other "
