@@ -111,7 +111,8 @@ def test_a_nan_stops_its_member_alone(tmp_path: Path, capsys) -> None:
 
 
 class _CountSyncs(TorchDispatchMode):
-    """Counts device-to-host reads (``.item()``, ``bool(tensor)``, ``.tolist()``)."""
+    """Counts device-to-host reads (``.item()``, ``bool(tensor)``, ``float(tensor)``). A CPU
+    tensor's ``.tolist()`` reads without dispatching: the fused code calls it only in `flush`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -130,6 +131,6 @@ def test_no_host_sync_inside_a_training_step(tmp_path: Path) -> None:
         for _ in range(3):
             group.train_step(torch.stack([next(it) for it in iterators]), 1.0)
     assert counter.syncs == 0
-    with _CountSyncs() as counter:
-        group.flush()  # the read once an epoch: the counter does see it
-    assert counter.syncs > 0
+    with _CountSyncs() as counter:  # the counter does see a read: bool() of a tensor
+        assert bool(group.alive.all())
+    assert counter.syncs == 1
