@@ -57,7 +57,7 @@ def test_fused_member_equals_the_configuration_alone(arch: str) -> None:
     torch.manual_seed(3)
     x = torch.bernoulli(torch.rand(len(models), 4, D))
     fused = FusedObjective(objectives, "cpu")
-    adam = StackedAdam(stacked.flat, stacked.grad, **ADAM)
+    adam = StackedAdam(stacked, **ADAM)
     refs = [
         torch.optim.Adam(m.parameters(), lr=ADAM["lr"], betas=(0.9, 0.999), eps=ADAM["eps"])
         for m in models
@@ -65,11 +65,11 @@ def test_fused_member_equals_the_configuration_alone(arch: str) -> None:
     for step in range(3):
         gens = _generators(len(models), seed=100 * step)
         noise = _noise(models, objectives, x, gens)
-        stacked.grad.zero_()
         log_w = stacked.log_weights(x, noise)
         out = fused(log_w)
         out.loss.sum().backward()
-        adam.step(torch.ones(len(models), dtype=torch.bool))
+        grads = dict(zip(stacked.names, stacked.grads()))
+        adam.step(list(grads.values()), torch.ones(len(models), dtype=torch.bool))
         gens = _generators(len(models), seed=100 * step)
         for m, (model, obj, opt) in enumerate(zip(models, objectives, refs)):
             ref_w = model.log_weights(x[m], obj.k, generator=gens[m])
@@ -84,7 +84,7 @@ def test_fused_member_equals_the_configuration_alone(arch: str) -> None:
             ref.loss.backward()
             for name, p in model.named_parameters():
                 torch.testing.assert_close(
-                    stacked.params[name].grad[m],
+                    stacked.model_layout(name, grads[name][m]),
                     p.grad,
                     rtol=1e-4,
                     atol=1e-5,
@@ -93,7 +93,7 @@ def test_fused_member_equals_the_configuration_alone(arch: str) -> None:
             opt.step()
             for name, p in model.named_parameters():
                 torch.testing.assert_close(
-                    stacked.params[name][m].detach(), p.detach(), rtol=0, atol=1e-5
+                    stacked.member_state_dict(m)[name], p.detach(), rtol=0, atol=1e-5
                 )
 
 
@@ -112,13 +112,13 @@ def test_a_masked_member_keeps_everything(arch: str = "one_layer") -> None:
     even with a NaN gradient; the others move."""
     models = _members(arch, [VAE(k=1)] * 3)
     stacked = StackedIWAE(models)
-    adam = StackedAdam(stacked.flat, stacked.grad, **ADAM)
-    stacked.grad.normal_()
-    adam.step(torch.ones(3, dtype=torch.bool))
+    adam = StackedAdam(stacked, **ADAM)
+    grads = [torch.randn_like(p) for p in stacked.params.values()]
+    adam.step(grads, torch.ones(3, dtype=torch.bool))
     before = [t.clone() for t in (stacked.flat, adam.exp_avg, adam.exp_avg_sq, adam.steps)]
-    stacked.grad.normal_()
-    stacked.grad[1, 5] = float("nan")
-    adam.step(torch.tensor([True, False, True]))
+    grads = [torch.randn_like(p) for p in stacked.params.values()]
+    grads[0][1, 0, 0] = float("nan")
+    adam.step(grads, torch.tensor([True, False, True]))
     after = (stacked.flat, adam.exp_avg, adam.exp_avg_sq, adam.steps)
     for old, new in zip(before, after):
         assert torch.equal(old[1], new[1])
