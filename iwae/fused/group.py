@@ -170,7 +170,10 @@ class FusedGroup:
             sums = torch.stack([g.flatten(1).sum(1) for g in grads])
             ok = torch.isfinite(out.loss) & torch.isfinite(sums.sum(0))
             bad = self.alive & ~ok
-            self.first_bad = torch.where(bad & (self.first_bad < 0), self.step_t, self.first_bad)
+            # in place throughout: a captured CUDA graph replays into the same tensors
+            self.first_bad.copy_(
+                torch.where(bad & (self.first_bad < 0), self.step_t, self.first_bad)
+            )
             self.skipped += bad
             stop = bad & (self.stop_on_nonfinite | (self.skipped > self.max_skips))
             self.alive &= ~stop
