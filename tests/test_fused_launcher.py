@@ -13,18 +13,8 @@ import torch
 
 from iwae.cli import CONF_DIR
 from iwae.config_check import check_override_keys
-from tests.launch_helpers import (
-    TINY,
-    TRAIN,
-    WANDB_GROUP,
-    WANDB_TAG,
-    check_report,
-    run_dirs,
-    run_train,
-    train_env,
-    wandb_run_files,
-    wandb_string_field,
-)
+from tests import launch_helpers as helpers
+from tests.launch_helpers import TINY, run_dirs, run_train
 
 SWEEP = ["objective=vae,iwae", "k=1,5", "schedule.epochs=2", "logger=csv", "threads=1"]
 
@@ -66,7 +56,7 @@ def test_fused_sweep_equals_the_separate_runs(tmp_path: Path) -> None:
     run_train(["mode=eval", f"ckpt_path={ckpt}", "eval.k=20", "logger=none",
                f"hydra.run.dir={tmp_path / 'eval'}"], cwd, 300)  # fmt: skip
     assert _metrics(tmp_path / "eval")["test/nll"] == _metrics(member)["test/nll"]
-    check_report(fused, 4, "--no-checkpoints")
+    helpers.check_report(fused, 4, "--no-checkpoints")
 
 
 @pytest.mark.slow  # W&B starts a process per run: about 40 s under load
@@ -76,18 +66,18 @@ def test_each_member_has_its_own_wandb_run_in_the_sweeps_group(tmp_path: Path) -
     run_train(args, tmp_path, 300)
     tags = ["objective=vae", "objective=iwae"]
     for run, tag, other in zip(run_dirs(sweep), tags, reversed(tags)):
-        (run_file,) = wandb_run_files(run)
+        (run_file,) = helpers.wandb_run_files(run)
         data = run_file.read_bytes()
-        assert wandb_string_field("fusedwb", WANDB_GROUP) in data
-        assert wandb_string_field(tag, WANDB_TAG) in data
-        assert wandb_string_field(other, WANDB_TAG) not in data
+        assert helpers.wandb_string_field("fusedwb", helpers.WANDB_GROUP) in data
+        assert helpers.wandb_string_field(tag, helpers.WANDB_TAG) in data
+        assert helpers.wandb_string_field(other, helpers.WANDB_TAG) not in data
 
 
 def _fails(args: list[str], tmp_path: Path) -> str:
     proc = subprocess.run(
-        [sys.executable, str(TRAIN), "-m", "hydra/launcher=fused", *args, *TINY, "logger=none",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path, env=train_env(tmp_path), capture_output=True, text=True, timeout=300,
+        [sys.executable, str(helpers.TRAIN), "-m", "hydra/launcher=fused", *args, *TINY,
+         "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, env=helpers.train_env(tmp_path), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
