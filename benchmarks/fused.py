@@ -283,7 +283,8 @@ def extrapolate(rows: list[dict[str, Any]], models: Sequence[str]) -> dict[str, 
             sum(2 * row(model, 2, [k])["separate_ms"] for k in TABLE1_KS) / 1e3 * hours
         )
     return {
-        "configurations": 12 * TABLE1_DATASETS,
+        "configurations": 2 * len(TABLE1_KS) * len(models) * TABLE1_DATASETS,
+        "architectures": list(models),
         "steps_per_configuration": PAPER_STEPS,
         **totals,
         "note": "one process at a time on one device; Omniglot's 24,345 training images take "

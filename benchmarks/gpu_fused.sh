@@ -23,15 +23,15 @@ DATA=(data=npz "data.path=$PWD/wheels/mnist5k.npz" data.split=null)
 
 step environment
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
-if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
-    step "install the carried wheels"
+if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then  # the bare GPU image
+    step "install the carried wheels and the project"
     "$PY" -m pip install --no-deps --no-index wheels/*.whl || exit 1
+    "$PY" -m pip install --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 \
+        || echo "editable install skipped (no setuptools offline); PYTHONPATH serves"
 fi
-# The project from this checkout: PYTHONPATH finds iwae, datamodules and hydra_plugins
-# (the launcher plugin) without an install; an editable install is tried for completeness.
+# PYTHONPATH finds iwae, datamodules and hydra_plugins (the launcher plugin) from this
+# checkout whether or not the install above ran (the CPU check installs nothing).
 export PYTHONPATH=$PWD WANDB_MODE=disabled
-"$PY" -m pip install --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 \
-    || echo "editable install skipped (no setuptools offline); using PYTHONPATH"
 CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
@@ -60,7 +60,7 @@ import json, sys
 from pathlib import Path
 sweep, rc, seconds, out = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 runs = {}
-for path in sorted(sweep.glob("*/metrics.json")):
+for path in sorted(sweep.glob("[0-9]*/metrics.json")):
     m = json.loads(path.read_text())
     runs[path.parent.name] = {k: m.get(k) for k in ("objective", "k", "model", "test/nll",
                               "train/steps", "train/seconds", "train/fused_members")}
