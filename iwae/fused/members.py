@@ -80,7 +80,10 @@ def group_members(
     groups = list(by_key.values())
     if len(groups) == 1:
         return groups, None
-    differ = ", ".join(differing_keys(list(shared.values()))[:6])
+    # top-level names ("data, k, model"): what the user chose on the command line
+    differ = ", ".join(
+        dict.fromkeys(k.split(".")[0] for k in differing_keys(list(shared.values())))
+    )
     if single_group:
         hint = "; hydra.launcher.split_by_k=false fuses several k" if differ == "k" else ""
         raise UserError(
