@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from iwae.checkpointing import load_checkpoint
 from iwae.errors import UserError
 from iwae.fused.group import FusedGroup
-from iwae.fused.members import Member, group_members, training_device
+from iwae.fused.members import Member, check_member, group_members, training_device
 from iwae.fused.runs import train_group
 from tests.conftest import compose_config
 
@@ -42,6 +42,14 @@ def test_groups_split_by_what_differs_with_one_line(tmp_path: Path) -> None:
     assert [[m.job for m in g] for g in groups] == [[0], [1, 2]] and note.endswith("differ in k")
     with pytest.raises(UserError, match="single_group=true.*differ in .*model"):
         group_members(members, split_by_k=False, single_group=True)
+
+
+@pytest.mark.parametrize("setting", ["trainer.max_steps=5", "+trainer.limit_train_batches=0.5"])
+def test_trainer_settings_the_loop_lacks_are_refused(tmp_path: Path, setting: str) -> None:
+    (member,) = _members(tmp_path, [[setting]])
+    with pytest.raises(UserError, match=r"hydra/launcher=fused has no trainer\.") as err:
+        check_member(member)
+    assert "\n" not in str(err.value)
 
 
 def test_a_gpu_asked_for_where_there_is_none(monkeypatch: pytest.MonkeyPatch) -> None:

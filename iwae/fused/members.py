@@ -22,6 +22,20 @@ from iwae.errors import UserError
 PER_MEMBER = ("seed", "k", "objective", "eval", "logger", "callbacks", "paths", "resume")
 
 
+# Trainer settings the fused loop does not implement: only their defaults are accepted, so
+# a setting is never silently ignored.
+TRAINER_AS_IS: dict[str, tuple[Any, ...]] = {
+    "max_steps": (-1, None),
+    "check_val_every_n_epoch": (1,),
+    "accumulate_grad_batches": (1,),
+    "gradient_clip_val": (None, 0, 0.0),
+    "limit_train_batches": (None, 1.0, 1),
+    "limit_val_batches": (None, 1.0, 1),
+    "precision": (None, 32, "32", "32-true"),
+    "strategy": ("auto", None, "single_device"),
+}
+
+
 @dataclass
 class Member:
     """One configuration of the sweep: its Hydra job number, resolved config and run directory."""
@@ -133,3 +147,10 @@ def check_member(member: Member) -> None:
             f"hydra/launcher=fused trains a group on one device; {member.label} asks for "
             f"trainer.devices={trainer.get('devices')}: use trainer=default"
         )
+    for key, allowed in TRAINER_AS_IS.items():
+        if trainer.get(key, allowed[0]) not in allowed:
+            raise UserError(
+                f"hydra/launcher=fused has no trainer.{key} (it validates every epoch and "
+                f"trains every step at 32 bits); {member.label} sets {trainer.get(key)}: use "
+                "the default launcher"
+            )
