@@ -109,7 +109,8 @@ class FusedGroup:
     # --- building -------------------------------------------------------------------------
     def _build_data(self) -> list[Any]:
         """One datamodule per member (own seed: order, binarization); the tensors are shared
-        when nothing but the seed differs and the training data is not binarized per seed."""
+        when the training data is not binarized per seed (a group's members have one data
+        config but for its seed)."""
         datamodules, shared = [], None
         for member in self.members:
             dm = build(member.cfg.data)
