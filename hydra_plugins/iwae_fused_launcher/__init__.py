@@ -1,0 +1,1 @@
+"""``hydra/launcher=fused``: a sweep's configurations trained together (`iwae.fused`)."""
