@@ -21,6 +21,7 @@ from hydra.errors import HydraException
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from iwae.device import check_accelerator
 from iwae.errors import UserError, check_bool, check_number, check_optional_int, check_positive_int
 from iwae.evaluation import widest_layer
 from iwae.memory_check import check_eval_memory, check_fits, evaluation_bytes, training_step_bytes
@@ -147,6 +148,7 @@ def check_top_level(cfg: DictConfig) -> None:
         raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     check_optional_int("threads", cfg.get("threads"), meaning=" (null: a share of the cores)")
     check_bool("resume", cfg.get("resume", False))
+    check_accelerator((cfg.get("trainer") or {}).get("accelerator", "auto"))
 
 
 def check_eval_values(evaluation: DictConfig, mode: str = "train") -> None:

@@ -21,6 +21,7 @@ from torch import Tensor
 from iwae.allowlist import rebuild_config
 from iwae.checkpointing import load_checkpoint
 from iwae.config_check import check_eval_values, check_top_level
+from iwae.device import check_accelerator
 from iwae.errors import UserError
 from iwae.evaluation import test_metrics
 from iwae.launch import set_torch_threads
@@ -39,8 +40,10 @@ class LoadedRun:
     config: DictConfig
     checkpoint: dict[str, Any]
 
-    def test_batches(self, device: torch.device | str = "cpu") -> list[Tensor]:
-        """The fixed-binarized test images, ``[B, D]`` batches, as a training run sees them."""
+    def test_batches(self, device: torch.device | str | None = None) -> list[Tensor]:
+        """The fixed-binarized test images, ``[B, D]`` batches, as a training run sees them,
+        on ``device`` (default: the model's, so that model and data never sit apart)."""
+        device = device or next(self.model.parameters()).device
         return [x.to(device) for x in self.datamodule.test_dataloader()]
 
 
@@ -132,9 +135,15 @@ def hydra_choice(ckpt_path: str | Path, group: str) -> str | None:
     return (choices.get("choices") or {}).get(group)
 
 
+def default_device() -> torch.device:
+    """Where a checkpoint is evaluated when nothing says otherwise: CUDA if present."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def eval_device(cfg: DictConfig) -> torch.device:
     """CUDA when the trainer config allows it and one is present, else the CPU."""
     accelerator = str(cfg.get("trainer", {}).get("accelerator", "auto"))
+    check_accelerator(accelerator)  # gpu where there is none: one line, not a silent CPU run
     use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return torch.device("cuda" if use_cuda else "cpu")
 

@@ -320,9 +320,13 @@ def test_metrics(model: nn.Module, batches: Iterable[Tensor], eval_cfg: Any) -> 
 
     ``eval_cfg`` is the ``eval`` config group (k, chunk_size, seed, active_threshold, and
     optionally max_bytes, progress, bound_ks).
+
+    The model is moved to the device of the batches: after ``trainer.fit`` Lightning's
+    strategy teardown leaves the module on the CPU while the datamodule's tensors stay on the
+    GPU, and evaluating one against the other would fail after the whole training run.
     """
-    model = model.eval()
-    batches = list(batches)
+    batches = _nonempty(batches)
+    model = model.to(batches[0].device).eval()
     max_bytes, progress = eval_cfg.get("max_bytes"), eval_cfg.get("progress")
     nll = evaluate_nll(
         model, batches, eval_cfg.k, eval_cfg.chunk_size, eval_cfg.seed, max_bytes, progress

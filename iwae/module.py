@@ -51,7 +51,9 @@ class IWAEModule(pl.LightningModule):
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         out = self.objective(self.model, x)
         if self.global_step % self.log_every_n_steps == 0:
-            self.log("train/bound", out.bound.mean(), prog_bar=True, batch_size=x.shape[0])
+            # Not on the progress bar: Lightning re-reads a bar value from the device at every
+            # later step (.item()), a host sync per step on a GPU.
+            self.log("train/bound", out.bound.mean(), batch_size=x.shape[0])
         return out.loss
 
     def on_train_epoch_start(self) -> None:

@@ -258,9 +258,9 @@ def bound_curve(
         saved = json.loads(cache.read_text())
         if saved.get("ks") == ks and saved.get("seed") == seed:
             return saved["curve"]
-    from iwae.eval_checkpoint import load_run
+    from iwae.eval_checkpoint import default_device, load_run
 
-    loaded = loaded or load_run(run.checkpoint())
+    loaded = loaded or load_run(run.checkpoint(), default_device())
     curve = bound_vs_k(loaded.model, loaded.test_batches(), ks, chunk_size, seed)
     write_json_atomic(cache, {"ks": ks, "seed": seed, "chunk_size": chunk_size, "curve": curve})
     return curve
@@ -270,7 +270,7 @@ def checkpoint_figures(
     runs: list[Run], root: Path, ks: list[int], chunk_size: int, seed: int
 ) -> dict[str, Path]:
     """Figures that need the trained models: unit variances, samples, bound vs k."""
-    from iwae.eval_checkpoint import load_run
+    from iwae.eval_checkpoint import default_device, load_run
 
     runs = [r for r in runs if r.checkpoint() is not None]
     if not runs:
@@ -280,7 +280,7 @@ def checkpoint_figures(
     variances: dict = defaultdict(dict)
     grids, curve = {}, []
     for run in runs:
-        loaded = load_run(run.checkpoint())
+        loaded = load_run(run.checkpoint(), default_device())  # k=5000 curves: on the GPU
         test = loaded.test_batches()
         per_layer = run.metrics.get("test/unit_variances")
         if per_layer is None:  # runs evaluated before unit variances were written

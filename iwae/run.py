@@ -110,12 +110,12 @@ def hydra_choices() -> dict[str, str]:
 
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Fit the configured model and write ``metrics.json``; return the metrics."""
-    check_run_values(cfg)  # eval.k and the like: fail now, not after training
+    # Every value, the data and the memory: fail now, not after training. The prepared
+    # datamodule comes back (reading the data drew no global random numbers), so it is read once.
+    datamodule = check_run_values(cfg)
     check_ddp_launch(cfg.trainer)
     set_torch_threads(cfg.get("threads"))  # parallel runs (joblib, SLURM) share the cores
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build(cfg.data)
-    datamodule.prepare()
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, module, output_dir)
     resume = resume_requested(cfg.get("resume"))  # also true in a requeued SLURM job

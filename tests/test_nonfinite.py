@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
+from pytorch_lightning.callbacks import Callback
 
-from iwae.callbacks import NonFiniteError
 from iwae.errors import UserError
+from iwae.nonfinite import NonFiniteError
 from iwae.run import train
 from tests.conftest import compose_config
 from tests.reliability_helpers import DIGEST_BEFORE, TINY, file_digest
@@ -69,3 +70,30 @@ def test_bad_action_is_a_user_error(tmp_path):
     cfg = compose_config([*SHORT, "callbacks.nonfinite.action=ignore"], tmp_path)
     with pytest.raises(UserError, match="callbacks.nonfinite.action must be one of stop, skip"):
         train(cfg, tmp_path)
+
+
+class KeepWeightsOnError(Callback):
+    """Keeps the module's weights as they were when the run stopped."""
+
+    weights: dict[str, torch.Tensor] = {}
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        KeepWeightsOnError.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_stop_masks_every_update_until_the_delayed_read(tmp_path):
+    """The flag is read only every few steps (no host sync per step), yet no update from the
+    bad step on reaches the weights: at the read, the weights are still the last checkpoint's."""
+    overrides = [
+        *SHORT,
+        *inject(12, "batch"),  # last.ckpt written after 12 updates, then step 12 is bad
+        "callbacks.nonfinite.check_every_n_steps=100",  # read at the next checkpoint (16)
+        "+callbacks.keep._target_=tests.test_nonfinite.KeepWeightsOnError",
+    ]
+    with pytest.raises(NonFiniteError, match="non-finite loss at step 12 "):
+        train(compose_config(overrides, tmp_path), tmp_path)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 12
+    assert KeepWeightsOnError.weights.keys() == checkpoint["state_dict"].keys()
+    for name, saved in checkpoint["state_dict"].items():
+        assert torch.equal(KeepWeightsOnError.weights[name], saved), name

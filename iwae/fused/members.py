@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from iwae.device import GPU_NAMES, check_accelerator
 from iwae.errors import UserError
 
 # Top-level keys each member keeps for itself. `callbacks` and `logger` name the member's own
@@ -112,12 +113,8 @@ def group_members(
 def training_device(accelerator: Any) -> torch.device:
     """The group's device from ``trainer.accelerator``; one line if it asks for a missing GPU."""
     name = str(accelerator)
-    if name in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"trainer.accelerator={name} asks for a GPU, but torch finds none here; "
-                "use trainer.accelerator=cpu (or auto)"
-            )
+    check_accelerator(name)
+    if name in GPU_NAMES:
         return torch.device("cuda")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
