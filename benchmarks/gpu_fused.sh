@@ -72,6 +72,14 @@ Path(out).write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary["eval_member_3"]), f"{len(runs)} runs, rc {rc}, {seconds} s")
 EOF
 
+step "single run on $ACC: train.py end to end (fit, then the final evaluation after Lightning's
+teardown moved the module to the CPU; the data stays on the device)"
+"$PY" train.py "${DATA[@]}" k=5 trainer.accelerator=$ACC schedule.epochs=$EPOCHS \
+    eval.k=$EVAL_K logger=none trainer.enable_progress_bar=false "hydra.run.dir=${SWEEP%/*}/single" \
+    > "${SWEEP%/*}/single_stdout.txt" 2>&1
+echo "single run rc $?"; tail -n 12 "${SWEEP%/*}/single_stdout.txt"
+cp "${SWEEP%/*}/single/metrics.json" "$OUT/single_metrics.json" 2>/dev/null
+
 step "benchmark: fused vs separate steps, Table 1 at the paper's protocol"
 "$PY" -m benchmarks.fused "${BENCH[@]}" --data "${DATA[@]}" --out "$OUT/fused_gpu.json" \
     > "$OUT/benchmark_stdout.txt" 2>&1
