@@ -36,18 +36,15 @@ class NonFiniteError(UserError):
     """Training produced a NaN or infinite loss or gradient (reported as one line, exit 2)."""
 
 
-def finite_flags(loss: torch.Tensor, grads: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """(everything finite, loss finite, per-gradient finite ``[P]``) as device booleans.
+def finite_flags(loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+    """``[1 + P]`` device booleans: is the loss finite, is each gradient finite?
 
-    min and max are NaN/inf exactly when an entry is: one small ``isfinite`` over 2P values,
-    not a full pass per tensor (``isfinite(t).all()`` is about 10x slower on the CPU).
+    A sum is NaN or inf when any entry is (or, for finite entries, when it overflows float32,
+    i.e. gradients of order 1e32, which no healthy run has): one reduction per tensor, about
+    2.5x cheaper on the CPU than ``aminmax`` and 20x cheaper than ``_foreach_norm(inf)``.
     """
-    loss_ok = torch.isfinite(loss).all()
-    if not grads:
-        return loss_ok, loss_ok, loss_ok.reshape(1)
-    extremes = torch.stack([v for g in grads for v in torch.aminmax(g)]).to(loss.device)
-    grad_ok = torch.isfinite(extremes).view(-1, 2).all(1)
-    return loss_ok & grad_ok.all(), loss_ok, grad_ok
+    sums = torch.stack([loss.sum(), *(g.sum().to(loss.device) for g in grads)])
+    return torch.isfinite(sums)
 
 
 class NonFiniteGuard(Callback):
@@ -80,14 +77,14 @@ class NonFiniteGuard(Callback):
         self.action, self.max_skips, self.every = action, max_skips, check_every_n_steps
         self.skipped = 0
         self._loss: torch.Tensor | None = None
-        self._record: torch.Tensor | None = None  # [step, epoch, what, skipped] on the device
-        self._now: torch.Tensor | None = None  # [step, epoch] of the current step
+        self._record: torch.Tensor | None = None  # [first bad step, what, bad steps] on device
+        self._now: torch.Tensor | None = None  # the current step, on the device
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.every = self.every or max(1, trainer.log_every_n_steps)
         device = pl_module.device
-        self._record = torch.tensor([NO_RECORD, NO_RECORD, 0, self.skipped], device=device)
-        self._now = torch.zeros(2, dtype=torch.long, device=device)
+        self._record = torch.tensor([NO_RECORD, LOSS, self.skipped], device=device)
+        self._now = torch.zeros((), dtype=torch.long, device=device)
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
@@ -99,18 +96,17 @@ class NonFiniteGuard(Callback):
     ) -> None:
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         loss = self._loss if self._loss is not None else torch.zeros((), device=pl_module.device)
-        ok, loss_ok, grad_ok = finite_flags(loss, grads)
+        finite = finite_flags(loss, grads)  # [loss, *grads]
         if not self._maskable(trainer, optimizer) or self._record is None:
-            self._check_now(trainer, pl_module, optimizer, ok, loss_ok, grad_ok)
+            self._check_now(trainer, pl_module, optimizer, finite)
             return
         record, now = self._record, self._now
-        now[0].fill_(trainer.global_step)  # a fill, not a read: no sync
-        now[1].fill_(trainer.current_epoch)
-        bad = ~ok
+        now.fill_(trainer.global_step)  # a fill, not a read: no sync
+        bad = ~finite.all()
         first = bad & (record[0] == NO_RECORD)
-        what = torch.where(loss_ok, torch.argmin(grad_ok.to(torch.uint8)), LOSS)
-        new = torch.stack([now[0], now[1], what, record[3] + bad.long()])
-        record.copy_(torch.where(first, new, torch.cat([record[:3], new[3:]])))
+        what = torch.argmin(finite.to(torch.uint8)) - 1  # -1: the loss (LOSS), else a gradient
+        record[:2] = torch.where(first, torch.stack([now, what]), record[:2])
+        record[2] += bad
         # stop: once anything was bad, nothing more reaches the weights
         mask = bad if self.action == "skip" else record[0] != NO_RECORD
         optimizer.found_inf = mask.float()
@@ -137,23 +133,25 @@ class NonFiniteGuard(Callback):
         """The one host read: raise for ``stop`` (or too many skips), else count and log."""
         if self._record is None:
             return
-        step, epoch, what, skipped = self._record.tolist()
+        step, what, skipped = self._record.tolist()
         if step == NO_RECORD:
             return
+        # every epoch has the same number of steps (one optimizer step per batch)
+        epoch = step // max(1, int(trainer.num_training_batches))
         quantity = "loss" if what == LOSS else f"gradient of {_grad_name(pl_module, what)}"
         if self.action == "skip":
             self.skipped = skipped
-            self._record[:3] = NO_RECORD  # the next read reports the next bad step
+            self._record[0] = NO_RECORD  # the next read reports the next bad step
             log.warning("skipped updates with non-finite values, the first at step %d", step)
             if log_count:  # Lightning allows logging only from some hooks
                 pl_module.log("train/nonfinite_skipped", float(skipped), batch_size=1)
         self._raise_if_stopping(f"{quantity} at step {step} (epoch {epoch})")
 
-    def _check_now(self, trainer, pl_module, optimizer, ok, loss_ok, grad_ok) -> None:
-        """Fallback for optimizers without ``found_inf``: read the flag now (one sync a step)."""
-        if bool(ok):
+    def _check_now(self, trainer, pl_module, optimizer, finite: torch.Tensor) -> None:
+        """Fallback for optimizers without ``found_inf``: read the flags now (a sync a step)."""
+        if bool(finite.all()):
             return
-        what = LOSS if not bool(loss_ok) else int(torch.argmin(grad_ok.to(torch.uint8)))
+        what = int(torch.argmin(finite.to(torch.uint8))) - 1
         quantity = "loss" if what == LOSS else f"gradient of {_grad_name(pl_module, what)}"
         where = f"{quantity} at step {trainer.global_step} (epoch {trainer.current_epoch})"
         if self.action == "skip":
