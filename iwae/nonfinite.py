@@ -43,7 +43,7 @@ def finite_flags(loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
     i.e. gradients of order 1e32, which no healthy run has): one reduction per tensor, about
     2.5x cheaper on the CPU than ``aminmax`` and 20x cheaper than ``_foreach_norm(inf)``.
     """
-    sums = torch.stack([loss.sum(), *(g.sum().to(loss.device) for g in grads)])
+    sums = torch.stack([loss.sum(), *[g.sum() for g in grads]])  # one device: no .to
     return torch.isfinite(sums)
 
 
@@ -79,12 +79,15 @@ class NonFiniteGuard(Callback):
         self._loss: torch.Tensor | None = None
         self._record: torch.Tensor | None = None  # [first bad step, what, bad steps] on device
         self._now: torch.Tensor | None = None  # the current step, on the device
+        # cached at the start of training: ``parameters()`` walks every submodule, each step
+        self._params: list[torch.nn.Parameter] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.every = self.every or max(1, trainer.log_every_n_steps)
         device = pl_module.device
         self._record = torch.tensor([NO_RECORD, LOSS, self.skipped], device=device)
         self._now = torch.zeros((), dtype=torch.long, device=device)
+        self._params = list(pl_module.parameters())
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
@@ -94,7 +97,8 @@ class NonFiniteGuard(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        params = self._params if self._params is not None else pl_module.parameters()
+        grads = [p.grad for p in params if p.grad is not None]
         loss = self._loss if self._loss is not None else torch.zeros((), device=pl_module.device)
         finite = finite_flags(loss, grads)  # [loss, *grads]
         if not self._maskable(trainer, optimizer) or self._record is None:
