@@ -44,7 +44,25 @@ ARCHITECTURES = {
     "two_layer": ((100, 50), ((200, 200), (100, 100))),
 }
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
-SIDES = ("framework", "reference", "reference_novalidate", "framework_no_lightning")
+SIDES = (
+    "framework",
+    "reference",
+    "reference_novalidate",
+    "framework_no_lightning",
+    "framework_no_guard",
+    "framework_no_callbacks",
+)
+# Diagnostic variants of the framework side: the same Trainer.fit with these extra overrides.
+# no_guard: what the non-finite guard costs; no_callbacks: what the project's callbacks cost
+# (no checkpointing either, so Lightning adds no ModelCheckpoint of its own).
+VARIANTS = {
+    "framework_no_guard": ["callbacks.nonfinite=null"],
+    "framework_no_callbacks": [
+        *(f"callbacks.{name}=null" for name in ("checkpoint", "rng_state", "logged_metrics")),
+        *("callbacks.nonfinite=null", "callbacks.preemption=null"),
+        "+trainer.enable_checkpointing=false",
+    ],
+}
 
 
 def compose_config(model: str, k: int, extra: Sequence[str], output_dir: str) -> DictConfig:
@@ -208,6 +226,10 @@ def measure(
             runners["reference_novalidate"] = ReferenceSide(fw, model, k, validate=False).run
         if "framework_no_lightning" in sides:
             runners["framework_no_lightning"] = NoLightningSide(fw).run
+        for name, overrides in VARIANTS.items():
+            if name in sides:
+                variant_dir = Path(workdir) / name
+                runners[name] = FrameworkSide(model, k, [*extra, *overrides], str(variant_dir)).run
         times: dict[str, list[float]] = {name: [] for name in runners}
         for rep in range(repeats):
             # alternate the order so neither side always runs right after the other's caches
