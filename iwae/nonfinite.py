@@ -28,7 +28,7 @@ from iwae.errors import UserError
 
 log = logging.getLogger(__name__)
 
-NO_RECORD = -1  # in the record of the first bad step: none yet
+NONE = 2**62  # the first bad step's code before there is one (larger than any code)
 LOSS = -1  # in the record's "what": the loss, not a gradient
 
 
@@ -77,17 +77,22 @@ class NonFiniteGuard(Callback):
         self.action, self.max_skips, self.every = action, max_skips, check_every_n_steps
         self.skipped = 0
         self._loss: torch.Tensor | None = None
-        self._record: torch.Tensor | None = None  # [first bad step, what, bad steps] on device
-        self._now: torch.Tensor | None = None  # the current step, on the device
+        # On the device: the first bad step's code (step * slots + slot, NONE if none yet; a
+        # later step always has a larger code, so one ``minimum`` keeps the first) and the
+        # count of bad steps. slot 0 is the loss, slot 1 + i the i-th gradient.
+        self._first: torch.Tensor | None = None
+        self._count: torch.Tensor | None = None
+        self._slots: torch.Tensor | None = None  # arange(1 + P)
         # cached at the start of training: ``parameters()`` walks every submodule, each step
         self._params: list[torch.nn.Parameter] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.every = self.every or max(1, trainer.log_every_n_steps)
         device = pl_module.device
-        self._record = torch.tensor([NO_RECORD, LOSS, self.skipped], device=device)
-        self._now = torch.zeros((), dtype=torch.long, device=device)
         self._params = list(pl_module.parameters())
+        self._first = torch.tensor(NONE, device=device)
+        self._count = torch.tensor(self.skipped, device=device)
+        self._slots = torch.arange(1 + len(self._params), device=device)
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
@@ -101,18 +106,17 @@ class NonFiniteGuard(Callback):
         grads = [p.grad for p in params if p.grad is not None]
         loss = self._loss if self._loss is not None else torch.zeros((), device=pl_module.device)
         finite = finite_flags(loss, grads)  # [loss, *grads]
-        if not self._maskable(trainer, optimizer) or self._record is None:
+        if not self._maskable(trainer, optimizer) or self._first is None:
             self._check_now(trainer, pl_module, optimizer, finite)
             return
-        record, now = self._record, self._now
-        now.fill_(trainer.global_step)  # a fill, not a read: no sync
-        bad = ~finite.all()
-        first = bad & (record[0] == NO_RECORD)
-        what = torch.argmin(finite.to(torch.uint8)) - 1  # -1: the loss (LOSS), else a gradient
-        record[:2] = torch.where(first, torch.stack([now, what]), record[:2])
-        record[2] += bad
+        slots = self._slots if len(finite) == len(self._slots) else self._slots[: len(finite)]
+        # this step's first bad slot as a code (NONE if all finite); python ints only: no sync
+        code = torch.where(finite, NONE, slots + trainer.global_step * len(self._slots)).amin()
+        torch.minimum(self._first, code, out=self._first)
+        bad = code != NONE
+        self._count += bad
         # stop: once anything was bad, nothing more reaches the weights
-        mask = bad if self.action == "skip" else record[0] != NO_RECORD
+        mask = bad if self.action == "skip" else self._first != NONE
         optimizer.found_inf = mask.float()
 
     @staticmethod
@@ -125,7 +129,7 @@ class NonFiniteGuard(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        if self._record is not None and trainer.global_step % self.every == 0:
+        if self._first is not None and trainer.global_step % self.every == 0:
             self._read_back(trainer, pl_module, log_count=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -135,17 +139,19 @@ class NonFiniteGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, log_count: bool = False
     ) -> None:
         """The one host read: raise for ``stop`` (or too many skips), else count and log."""
-        if self._record is None:
+        if self._first is None:
             return
-        step, what, skipped = self._record.tolist()
-        if step == NO_RECORD:
+        first, skipped = torch.stack([self._first, self._count]).tolist()
+        if first == NONE:
             return
+        step, what = divmod(first, len(self._slots))
+        what -= 1  # -1: the loss (LOSS), else a gradient
         # every epoch has the same number of steps (one optimizer step per batch)
         epoch = step // max(1, int(trainer.num_training_batches))
         quantity = "loss" if what == LOSS else f"gradient of {_grad_name(pl_module, what)}"
         if self.action == "skip":
             self.skipped = skipped
-            self._record[0] = NO_RECORD  # the next read reports the next bad step
+            self._first.fill_(NONE)  # the next read reports the next bad step
             log.warning("skipped updates with non-finite values, the first at step %d", step)
             if log_count:  # Lightning allows logging only from some hooks
                 pl_module.log("train/nonfinite_skipped", float(skipped), batch_size=1)
