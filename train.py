@@ -16,12 +16,18 @@ from iwae.checkpointing import is_disk_full
 from iwae.cli import exit_on_bad_overrides, quiet_third_party_noise
 from iwae.errors import UserError
 from iwae.eval_checkpoint import evaluate_checkpoint
+from iwae.resolvers import register_resolvers
 from iwae.run import train
 from iwae.run_lock import exit_on_unusable_output_dir, run_lock
+
+register_resolvers()  # before Hydra composes the config, which uses ${iwae.*}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    # A joblib or submitit worker receives this function pickled by value: it runs no
+    # module-level code of this file, so the resolvers are registered here as well.
+    register_resolvers()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         if cfg.get("mode", "train") not in ("train", "eval"):

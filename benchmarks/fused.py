@@ -38,10 +38,10 @@ from omegaconf import OmegaConf, open_dict
 
 from benchmarks.common import machine, median, print_report, set_threads
 from datamodules.base import MinibatchIterable
+from iwae.assembly import build
 from iwae.fused.group import FusedGroup
 from iwae.fused.members import Member
 from iwae.optim import build_optimizer
-from iwae.run import build
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PAPER_STEPS = 3280 * 60_000 // 20  # 9.84 M: the paper's passes over 60,000 MNIST digits

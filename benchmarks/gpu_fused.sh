@@ -50,7 +50,7 @@ START=$(date +%s)
 SWEEP_RC=$?
 SWEEP_S=$(( $(date +%s) - START ))
 tail -n 5 "$OUT/sweep_stdout.txt"
-"$PY" -m iwae.report "$SWEEP" --no-checkpoints > /dev/null 2>&1 && cp "$SWEEP/table1.md" "$OUT/"
+"$PY" -m iwae.reports.table1 "$SWEEP" --no-checkpoints > /dev/null 2>&1 && cp "$SWEEP/table1.md" "$OUT/"
 
 step "mode=eval of one member's checkpoint on $ACC reproduces its test/nll"
 "$PY" train.py mode=eval "ckpt_path=$SWEEP/3/checkpoints/last.ckpt" eval.k=$EVAL_K logger=none \

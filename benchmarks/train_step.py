@@ -35,8 +35,8 @@ from torch.distributions import Distribution
 from benchmarks.common import machine, matmul_rate, median, print_report, set_threads
 from benchmarks.reference import ReferenceIWAE, reference_train
 from datamodules.base import MinibatchIterable
+from iwae.assembly import build, build_module, build_trainer
 from iwae.optim import build_optimizer
-from iwae.run import build, build_module, build_trainer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ARCHITECTURES = {

@@ -1,3 +1,6 @@
-# Registers the ${iwae.*} resolvers the configs use, for whoever composes them (train.py,
-# tests, notebooks).
-from iwae import launch as _launch  # noqa: F401
+"""Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2015).
+
+Importing the package does nothing else: the math core (`iwae.model`, `iwae.objectives`)
+needs only torch. The ``${iwae.*}`` config resolvers are registered where configs are composed
+(`iwae.resolvers.register_resolvers`).
+"""

@@ -57,6 +57,13 @@ def quiet_third_party_noise() -> None:
     Hydra's submitit launcher instead), and a deprecation inside Lightning's own code."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    # conf/hydra/launcher/joblib.yaml has the name of the joblib plugin's own config on
+    # purpose (`hydra/launcher=joblib` is the name users know); Hydra then checks it against
+    # the plugin's schema, which catches misspelt keys, and warns that such matching is
+    # deprecated.
+    warnings.filterwarnings(
+        "ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema"
+    )
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage()
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ from hydra.errors import HydraException
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from iwae.assembly import build
 from iwae.device import check_accelerator
 from iwae.errors import UserError, check_bool, check_number, check_optional_int, check_positive_int
 from iwae.evaluation import widest_layer
 from iwae.memory_check import check_eval_memory, check_fits, evaluation_bytes, training_step_bytes
+from iwae.resolvers import in_multirun
 
 _OTHER_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
@@ -117,8 +120,6 @@ def check_run_values(cfg: DictConfig) -> Any:
     and the evaluation fit in memory. Returns the prepared datamodule, which a caller may use
     rather than read the data again (its preparation uses no global random state).
     """
-    from iwae.run import build  # iwae.run imports this module
-
     check_top_level(cfg)
     check_eval_values(cfg.eval, mode=str(cfg.get("mode", "train")))
     check_optimizer(cfg.optimizer)
@@ -225,8 +226,6 @@ def constructor_arguments(cls: type) -> set[str] | None:
 
 def check_memory(cfg: DictConfig, samples: int, datamodule: Any) -> None:
     """The training step, the validation bound and the final evaluation each fit in memory."""
-    from iwae.run import build
-
     with torch.device("meta"):  # shapes only: a model too big to build is caught here too
         model = build(cfg.model, input_dim=datamodule.input_dim)
     device = (cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("strategy", "auto"))
@@ -249,3 +248,32 @@ def check_memory(cfg: DictConfig, samples: int, datamodule: Any) -> None:
     if cfg.eval.get("enabled", True):
         images = min(datamodule.eval_batch_size, len(splits.test))
         check_eval_memory(model, cfg.eval, images, device)
+
+
+def _starts_own_processes(trainer_cfg: DictConfig) -> bool:
+    """Would Lightning start the other DDP processes by re-running the command line?"""
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1) or 1
+    several = not isinstance(devices, int) or devices * nodes > 1 or devices < 0
+    relaunching = strategy.startswith("ddp") and not any(
+        s in strategy for s in ("spawn", "fork", "notebook")
+    )
+    # srun (SLURM) and torchrun start every process themselves: nothing is re-run.
+    external = "SLURM_PROCID" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    return relaunching and several and not external
+
+
+def check_ddp_launch(trainer_cfg: DictConfig) -> None:
+    """Refuse a local multirun whose runs would re-run the command line for their DDP ranks.
+
+    Lightning starts ranks 1.. of ``strategy=ddp`` by re-running ``sys.argv``; inside a
+    multirun that is the whole sweep again (or, in a joblib worker, no script at all), which
+    hangs. One DDP run per command works, and on SLURM srun starts the ranks itself.
+    """
+    if in_multirun() and _starts_own_processes(trainer_cfg):
+        raise UserError(
+            f"trainer.strategy={trainer_cfg.get('strategy')} with several devices starts its "
+            "other processes by re-running the command line, which a local sweep (-m) cannot "
+            "do; run it without -m, or sweep with hydra/launcher=slurm (srun starts the "
+            "processes)"
+        )

@@ -1,10 +1,17 @@
-"""The device a run asks for, checked before anything is built."""
+"""The hardware a run uses: the accelerator it asks for (checked before anything is built),
+the device a saved checkpoint is evaluated on, and the process's share of the CPU cores."""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
+import torch
+
 from iwae.errors import UserError
+
+log = logging.getLogger(__name__)
 
 GPU_NAMES = ("gpu", "cuda")
 
@@ -12,11 +19,44 @@ GPU_NAMES = ("gpu", "cuda")
 def check_accelerator(accelerator: Any) -> None:
     """One line, before training, when ``trainer.accelerator`` asks for a GPU torch cannot
     see (Lightning would fail inside the Trainer with a multi-line MisconfigurationException)."""
-    import torch
-
     name = str(accelerator)
     if name in GPU_NAMES and not torch.cuda.is_available():
         raise UserError(
             f"trainer.accelerator={name} asks for a GPU, but torch finds none here; "
             "use trainer.accelerator=cpu (or auto: a GPU when there is one)"
         )
+
+
+def default_device() -> torch.device:
+    """Where a checkpoint is evaluated when nothing says otherwise: CUDA if present."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def eval_device(cfg: Any) -> torch.device:
+    """CUDA when the trainer config allows it and one is present, else the CPU."""
+    accelerator = str(cfg.get("trainer", {}).get("accelerator", "auto"))
+    check_accelerator(accelerator)  # gpu where there is none: one line, not a silent CPU run
+    use_cuda = accelerator in ("auto", *GPU_NAMES) and torch.cuda.is_available()
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads for this process and return the number in use.
+
+    ``threads`` wins if given. Otherwise a SLURM task takes its ``--cpus-per-task``: torch
+    would start one thread per core of the whole node and fight the node's other jobs. A
+    joblib worker needs nothing: joblib sets ``OMP_NUM_THREADS`` to cores / n_jobs in each
+    worker, which torch obeys; nor does a DDP rank on the CPU, where Lightning does the same.
+    """
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    wanted = threads or (int(slurm_cpus) if slurm_cpus.isdigit() else None)
+    if wanted is not None:
+        if wanted < 1:
+            raise UserError(f"threads must be a positive integer or null, got {wanted!r}")
+        torch.set_num_threads(wanted)
+        # Lightning's DDP launchers set cores / processes threads unless OMP_NUM_THREADS is
+        # set, and the ranks they start inherit this environment.
+        os.environ["OMP_NUM_THREADS"] = str(wanted)
+    # In the run's train.log: what a slow parallel sweep's first suspect is.
+    log.info("torch threads: %d", torch.get_num_threads())
+    return torch.get_num_threads()

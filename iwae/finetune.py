@@ -1,42 +1,26 @@
-"""Fine-tuning from a saved run (``init_from=<ckpt>``): the weights only, nothing else.
+"""Fine-tuning, Burda et al. 2015, sec. 5.2: a trained VAE continued as an IWAE (and the
+reverse), and the Table 2 "before" row measured at the switch.
 
-Burda et al. 2015, sec. 5.2 continue a trained VAE as an IWAE (and the reverse). Unlike
-``ckpt_path`` (resume: weights, optimizer moments, epoch and schedule position), ``init_from``
-starts a new run from the old weights: a fresh optimizer at the configured learning rate, the
-configured objective and schedule from epoch 0. A run that resumes (``ckpt_path``, ``resume``)
-restores its own weights and ignores ``init_from``.
+Two ways to fine-tune: a staged objective (``objective=vae_to_iwae``) in one run, measured by
+`SwitchEvaluation`; or ``init_from=<ckpt>`` (`iwae.assembly.load_init_weights`), a new run from
+the old weights with a fresh optimizer and schedule. Unlike ``ckpt_path`` (resume: weights,
+optimizer moments, epoch and schedule position), ``init_from`` keeps nothing but the weights; a
+run that resumes restores its own weights and ignores ``init_from``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
-from iwae.checkpointing import check_state_dict_matches, load_checkpoint
-from iwae.errors import UserError
-from iwae.evaluation import active_units, evaluate_nll
+from iwae.evaluation import test_metrics
 from iwae.objectives import Staged
 from iwae.outputs import write_json_atomic
-
-
-def load_init_weights(module: nn.Module, path: str | Path) -> None:
-    """Copy the weights of the checkpoint at ``path`` into ``module`` (an `IWAEModule`).
-
-    Read with ``torch.load(weights_only=True)`` (`load_checkpoint`), so a checkpoint from
-    elsewhere cannot run code; every tensor must match the configured model by name and shape.
-    """
-    if not Path(path).is_file():
-        raise UserError(f"init_from: checkpoint not found: {path}; pass init_from=<a .ckpt file>")
-    checkpoint = load_checkpoint(path)
-    check_state_dict_matches(checkpoint, module, path)
-    module.load_state_dict(checkpoint["state_dict"])
 
 
 class SwitchEvaluation(Callback):
@@ -45,7 +29,7 @@ class SwitchEvaluation(Callback):
     Burda et al. 2015, sec. 5.2 report test NLL and active units of the trained VAE (or IWAE)
     and of the same model after fine-tuning with the other objective. In a one-run staged
     objective the "before" model exists only at the switch: this callback measures it there
-    (the same measures and settings as the final evaluation, ``iwae.run.evaluate``), writes
+    (the same measures and settings as the final evaluation, `iwae.evaluation.test_metrics`), writes
     ``switch_metrics.json`` to ``output_dir`` and logs ``switch/test_nll``.
     """
 
@@ -77,57 +61,18 @@ class SwitchEvaluation(Callback):
             )
 
     def measure(self, model: nn.Module, test: list) -> dict[str, Any]:
-        """Test NLL (``k`` samples) and active units per layer, as the final evaluation."""
+        """Test NLL (``k`` samples) and active units per layer: the final evaluation's
+        measures (`test_metrics`), with this callback's settings."""
+        eval_cfg = OmegaConf.create(
+            {
+                "k": self.k,
+                "chunk_size": self.chunk_size,
+                "seed": self.seed,
+                "active_threshold": self.active_threshold,
+                "progress": False,
+            }
+        )
         was_training = model.training
-        model.eval()
-        nll = evaluate_nll(model, test, self.k, self.chunk_size, self.seed)
-        units, _ = active_units(model, test, self.active_threshold, seed=self.seed)
+        metrics = test_metrics(model, test, eval_cfg)
         model.train(was_training)
-        return {
-            "test/nll": nll["nll"],
-            "test/nll_stderr": nll["nll_stderr"],
-            "eval/k": self.k,
-            "test/active_units": sum(units),
-            "test/active_units_per_layer": units,
-        }
-
-
-def table2_rows(run_dirs: list[Path]) -> str:
-    """A markdown table like Burda et al.'s Table 2 from staged runs' JSON outputs."""
-    lines = [
-        "| trained as | NLL before | active units before | fine-tuned as | NLL after "
-        "| active units after | epochs |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for run in sorted(run_dirs):
-        before = json.loads((run / "switch_metrics.json").read_text())
-        after = json.loads((run / "metrics.json").read_text())
-        second = after["objective"].split("_to_")[-1]
-        lines.append(
-            f"| {before['objective']} k={before['k']} | {before['test/nll']:.2f} "
-            f"± {before['test/nll_stderr']:.2f} | {before['test/active_units']} "
-            f"| {second} k={after['k']} | {after['test/nll']:.2f} ± {after['test/nll_stderr']:.2f} "
-            f"| {after['test/active_units']} | {before['epoch']} + "
-            f"{after['train/epochs'] - before['epoch']} |"
-        )
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m iwae.finetune --table2 <sweep dir>``: print the Table 2 rows of its runs."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--table2", type=Path, required=True, help="a run or sweep directory")
-    args = parser.parse_args(argv)
-    started = sorted({p.parent for p in args.table2.rglob("switch_metrics.json")})
-    runs = [run for run in started if (run / "metrics.json").is_file()]
-    for run in sorted(set(started) - set(runs)):
-        print(f"skipped (not finished): {run}", file=sys.stderr)
-    if not runs:
-        sys.exit(
-            f"error: no finished staged run (switch_metrics.json + metrics.json) in {args.table2}"
-        )
-    print(table2_rows(runs))
-
-
-if __name__ == "__main__":
-    main()
+        return metrics

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from iwae.evaluation import log_likelihood
 from iwae.model import IWAEModel
-from iwae.objectives import Objective
+from iwae.objectives import TrainingObjective
 from iwae.optim import build_optimizer
 
 
@@ -33,7 +33,7 @@ class IWAEModule(pl.LightningModule):
     def __init__(
         self,
         model: IWAEModel,
-        objective: Objective,
+        objective: TrainingObjective,
         optimizer: Callable[..., torch.optim.Optimizer],
         schedule: Any,
         val_k: int = 100,

@@ -13,14 +13,35 @@ generative network and another for the inference network.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from iwae.errors import UserError, check_positive_int
 
 ESTIMATORS = ("reparam", "stl", "dreg")
+
+
+class LatentVariableModel(Protocol):
+    """What an objective needs from a model (`iwae.model.IWAEModel` is one): log importance
+    weights of fresh samples, and its parameters split into the two networks."""
+
+    def log_weights(self, x: Tensor, k: int, detach_q: bool = False) -> Tensor:
+        """``[B, D] -> [k, B]``: log p(x, h_i) - log q(h_i | x) for k samples h_i ~ q(h | x);
+        ``detach_q`` holds q's parameters constant inside log q (STL, DReG)."""
+        ...
+
+    def generative_parameters(self) -> Sequence[nn.Parameter]:
+        """theta: the parameters of p(x, h)."""
+        ...
+
+    def inference_parameters(self) -> Sequence[nn.Parameter]:
+        """phi: the parameters of q(h | x)."""
+        ...
 
 
 def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
@@ -89,7 +110,9 @@ def grouped_surrogate(log_w: Tensor, detached: Tensor, m: int, power: int = 1) -
     return (w * log_w.unflatten(0, (m, -1))).sum(1).mean(0)
 
 
-def split_loss(model, generative_loss: Tensor, inference_loss: Tensor) -> Tensor:
+def split_loss(
+    model: LatentVariableModel, generative_loss: Tensor, inference_loss: Tensor
+) -> Tensor:
     """A scalar whose gradient is d generative_loss/d theta on theta and d inference_loss/d phi
     on phi: the shape that DReG and PIWAE need (two surrogates, two parameter sets).
 
@@ -139,8 +162,41 @@ class ObjectiveOutput:
     log_w: Tensor
 
 
-class Objective:
-    """Base class: draws samples from the model and forms the bound and the surrogate(s).
+class TrainingObjective(ABC):
+    """What the LightningModule trains with: a loss and a bound for a minibatch, told when each
+    epoch starts. `Objective` (one bound) and `Staged` (one bound, then another) are the two
+    kinds."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def k(self) -> int:
+        """The paper's k of the bound training now."""
+
+    @property
+    @abstractmethod
+    def num_samples(self) -> int:
+        """Samples drawn per image at each step."""
+
+    @abstractmethod
+    def __call__(self, model: LatentVariableModel, x: Tensor) -> ObjectiveOutput:
+        """One step's loss and bound on the minibatch ``x`` (``[B, D]``)."""
+
+    @abstractmethod
+    def bound(self, log_w: Tensor) -> Tensor:
+        """``[n, B] -> [B]``: the bound's value."""
+
+    def on_train_epoch_start(self, epoch: int) -> None:  # noqa: B027 (most bounds ignore it)
+        """Called by the LightningModule at the start of every training epoch (0-based)."""
+
+
+class Objective(TrainingObjective):
+    """One bound: draws samples from the model and forms the bound and the surrogate(s).
+
+    A subclass gives `bound` and `surrogate`, and `inference_surrogate` when the inference
+    network can train on something else than `surrogate` (DReG's squared weights, PIWAE's
+    MIWAE bound).
 
     Args:
         k: importance samples per bound (the paper's k; MIWAE's K).
@@ -150,40 +206,44 @@ class Objective:
     """
 
     name = "objective"
+    # True where the inference network always trains on its own bound (PIWAE), not only
+    # with DReG.
+    separate_inference = False
 
     def __init__(self, k: int, estimator: str = "reparam") -> None:
-        self.k = check_positive_int("k", k)  # the top-level setting objective.k reads
+        self._k = check_positive_int("k", k)  # the top-level setting objective.k reads
         self.estimator = check_estimator(estimator)
 
     @property
+    def k(self) -> int:
+        return self._k
+
+    @property
     def num_samples(self) -> int:
-        """Samples drawn per image at each step."""
         return self.k
 
-    def __call__(self, model, x: Tensor) -> ObjectiveOutput:
+    def __call__(self, model: LatentVariableModel, x: Tensor) -> ObjectiveOutput:
         detach_q = self.estimator != "reparam"
         log_w = model.log_weights(x, self.num_samples, detach_q=detach_q)
         detached = log_w.detach()  # same values either way: detach_q only changes gradients
-        generative = -self.surrogate(log_w, detached).mean()
-        inference = self.inference_surrogate(log_w, detached)
-        loss = generative if inference is None else split_loss(model, generative, -inference.mean())
+        loss = -self.surrogate(log_w, detached).mean()
+        if self.estimator == "dreg" or self.separate_inference:
+            power = 2 if self.estimator == "dreg" else 1
+            inference = self.inference_surrogate(log_w, detached, power)
+            if inference is not None:
+                loss = split_loss(model, loss, -inference.mean())
         return ObjectiveOutput(loss=loss, bound=self.bound(detached), log_w=detached)
 
-    def bound(self, log_w: Tensor) -> Tensor:
-        """``[n, B] -> [B]``: the bound's value."""
-        raise NotImplementedError
-
+    @abstractmethod
     def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
         """``[n, B] -> [B]``: a function whose gradient is the estimator's gradient (for both
         networks unless `inference_surrogate` gives the inference network its own)."""
-        raise NotImplementedError
 
-    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
-        """``[n, B] -> [B]`` for the inference network only, or None: the same as `surrogate`."""
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor, power: int) -> Tensor | None:
+        """``[n, B] -> [B]`` for the inference network only, called with DReG (``power=2``:
+        squared normalised weights) and, where `separate_inference`, always (``power=1``
+        otherwise). None: the same as `surrogate`."""
         return None
-
-    def on_train_epoch_start(self, epoch: int) -> None:
-        """Called by the LightningModule at the start of every training epoch (0-based)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self.k}, estimator={self.estimator!r})"
@@ -218,10 +278,8 @@ class IWAE(Objective):
     def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
         return grouped_surrogate(log_w, detached, m=1)
 
-    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
-        if self.estimator != "dreg":
-            return None
-        return grouped_surrogate(log_w, detached, m=1, power=2)
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor, power: int) -> Tensor:
+        return grouped_surrogate(log_w, detached, m=1, power=power)
 
 
 class MIWAE(Objective):
@@ -247,10 +305,8 @@ class MIWAE(Objective):
     def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
         return grouped_surrogate(log_w, detached, self.m)
 
-    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
-        if self.estimator != "dreg":
-            return None
-        return grouped_surrogate(log_w, detached, self.m, power=2)
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor, power: int) -> Tensor:
+        return grouped_surrogate(log_w, detached, self.m, power=power)
 
     def __repr__(self) -> str:
         return f"MIWAE(m={self.m}, k={self.k}, estimator={self.estimator!r})"
@@ -275,11 +331,9 @@ class CIWAE(Objective):
     def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
         return self.beta * elbo(log_w) + (1 - self.beta) * grouped_surrogate(log_w, detached, 1)
 
-    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
-        if self.estimator != "dreg":
-            return None
-        dreg = grouped_surrogate(log_w, detached, 1, power=2)
-        return self.beta * elbo(log_w) + (1 - self.beta) * dreg
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor, power: int) -> Tensor:
+        iwae = grouped_surrogate(log_w, detached, 1, power=power)
+        return self.beta * elbo(log_w) + (1 - self.beta) * iwae
 
     def __repr__(self) -> str:
         return f"CIWAE(k={self.k}, beta={self.beta}, estimator={self.estimator!r})"
@@ -294,6 +348,7 @@ class PIWAE(MIWAE):
     """
 
     name = "piwae"
+    separate_inference = True
 
     def bound(self, log_w: Tensor) -> Tensor:
         return iwae_bound(log_w)
@@ -301,19 +356,20 @@ class PIWAE(MIWAE):
     def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
         return grouped_surrogate(log_w, detached, 1)
 
-    def inference_surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor | None:
-        return grouped_surrogate(log_w, detached, self.m, 2 if self.estimator == "dreg" else 1)
+    def inference_surrogate(self, log_w: Tensor, detached: Tensor, power: int) -> Tensor:
+        return grouped_surrogate(log_w, detached, self.m, power=power)
 
     def __repr__(self) -> str:
         return f"PIWAE(m={self.m}, k={self.k}, estimator={self.estimator!r})"
 
 
-class Staged(Objective):
+class Staged(TrainingObjective):
     """Train with ``first`` until epoch ``switch_epoch``, then with ``second`` (Burda et al.
     2015, sec. 5.2, Table 2: a VAE continued as an IWAE and the reverse).
 
-    The stage is a function of the epoch alone, so a resumed run picks the right one.
-    ``name`` reads ``vae_to_iwae``; ``k`` and ``num_samples`` are the current stage's.
+    A wrapper, not a bound of its own: every call goes to the current stage. The stage is a
+    function of the epoch alone, so a resumed run picks the right one. ``name`` reads
+    ``vae_to_iwae``; ``k``, ``estimator`` and ``num_samples`` are the current stage's.
     """
 
     def __init__(self, first: Objective, second: Objective, switch_epoch: int) -> None:
@@ -326,11 +382,11 @@ class Staged(Objective):
         self.current = first
 
     @property
-    def k(self) -> int:  # type: ignore[override]
+    def k(self) -> int:
         return self.current.k
 
     @property
-    def estimator(self) -> str:  # type: ignore[override]
+    def estimator(self) -> str:
         return self.current.estimator
 
     @property
@@ -344,7 +400,7 @@ class Staged(Objective):
     def on_train_epoch_start(self, epoch: int) -> None:
         self.current = self.stage(epoch)
 
-    def __call__(self, model, x: Tensor) -> ObjectiveOutput:
+    def __call__(self, model: LatentVariableModel, x: Tensor) -> ObjectiveOutput:
         return self.current(model, x)
 
     def bound(self, log_w: Tensor) -> Tensor:

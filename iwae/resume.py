@@ -136,3 +136,10 @@ def check_resume_config(
             "logger, callbacks and the trainer's progress, logging and stopping settings may "
             "change; see the README's Reliability section)"
         )
+
+
+def resume_requested(resume: bool) -> bool:
+    """``resume``, or this is a SLURM job that was requeued (preempted, or out of time and
+    requeued by submitit): its run directory holds the last.ckpt to continue from."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return bool(resume) or (restarts.isdigit() and int(restarts) > 0)

@@ -9,6 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from iwae.resolvers import register_resolvers
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 
@@ -18,6 +20,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """The project's config with ``overrides``, writing to ``output_dir`` (no Hydra run)."""
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=False)
     with open_dict(cfg):

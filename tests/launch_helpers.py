@@ -80,19 +80,19 @@ WANDB_GROUP, WANDB_TAG = 6, 10
 
 
 def check_report(sweep_dir: Path, runs: int, *flags: str, timeout: float = 300) -> str | None:
-    """``python -m iwae.report <sweep>`` succeeds and its table1.csv has a row per run.
+    """``python -m iwae.reports.table1 <sweep>`` succeeds and its table1.csv has a row per run.
     Returns its output; None while the report module does not exist."""
-    if importlib.util.find_spec("iwae.report") is None:
+    if importlib.util.find_spec("iwae.reports.table1") is None:
         return None
     proc = subprocess.run(
-        [sys.executable, "-m", "iwae.report", *flags, str(sweep_dir)],
+        [sys.executable, "-m", "iwae.reports.table1", *flags, str(sweep_dir)],
         cwd=ROOT,
         env=train_env(sweep_dir),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    assert proc.returncode == 0, f"iwae.report failed:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"iwae.reports.table1 failed:\n{proc.stderr[-4000:]}"
     rows = (sweep_dir / "table1.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + runs, rows
     return proc.stdout

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from iwae.assembly import build, build_module
 from iwae.cli import CONF_DIR, check_overrides
 from iwae.config_check import check_override_keys, check_run_values
 from iwae.errors import UserError
-from iwae.run import build, build_module, train
+from iwae.run import train
 from tests.conftest import compose_config
 from tests.reliability_helpers import run_train
 

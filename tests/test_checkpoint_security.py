@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from iwae.assembly import load_init_weights, load_run
 from iwae.checkpointing import AtomicCheckpointIO, load_checkpoint
 from iwae.errors import UserError
-from iwae.eval_checkpoint import load_run
-from iwae.finetune import load_init_weights
 from iwae.outputs import write_json_atomic
 from iwae.run import train
 from tests.conftest import ROOT, compose_config
@@ -214,7 +213,7 @@ def test_crafted_config_really_calls_code_when_instantiated(tmp_path):
 
 @pytest.mark.parametrize("case", list(_payloads(Path("v"), Path("c"))))
 def test_loaders_refuse_a_stored_config_that_calls_other_code(case, genuine, tmp_path):
-    from iwae.binarization_study import load_run as study_load_run
+    from iwae.reports.binarization import load_run as study_load_run
 
     victim, copy = tmp_path / "victim.txt", tmp_path / "copy.txt"
     victim.write_text("precious")

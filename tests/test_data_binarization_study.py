@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from iwae.binarization_study import main as study_main
+from iwae.reports.binarization import main as study_main
 from iwae.run import train
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

@@ -261,7 +261,7 @@ def npz_run(tmp_path, monkeypatch, tiny_overrides) -> tuple[Path, Path]:
 def test_eval_reads_the_stored_absolute_path_and_refuses_a_changed_file(
     npz_run, tmp_path, monkeypatch
 ):
-    from iwae.eval_checkpoint import load_run
+    from iwae.assembly import load_run
 
     ckpt, data = npz_run
     elsewhere = tmp_path / "elsewhere"

@@ -14,9 +14,9 @@ import torch
 
 from datamodules.base import MinibatchIterable
 from iwae import evaluation  # not `import test_metrics`: pytest would collect it
+from iwae.assembly import load_run
+from iwae.config_check import check_ddp_launch
 from iwae.errors import UserError
-from iwae.eval_checkpoint import load_run
-from iwae.launch import check_ddp_launch
 from iwae.run import train
 from tests.conftest import compose_config
 from tests.launch_helpers import TINY, run_train, wandb_run_files

@@ -11,9 +11,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from iwae.assembly import build, build_module, load_init_weights
 from iwae.errors import UserError
-from iwae.finetune import load_init_weights
-from iwae.run import build, build_module, train
+from iwae.run import train
 from tests.conftest import compose_config
 
 # 200 training digits in minibatches of 20: 10 steps an epoch

@@ -11,7 +11,9 @@ import joblib
 import pytest
 from omegaconf import OmegaConf
 
-from iwae.launch import gpus_for, resume_requested, run_id, set_torch_threads, sweep_name
+from iwae.device import set_torch_threads
+from iwae.resolvers import gpus_for, register_resolvers, run_id, sweep_name
+from iwae.resume import resume_requested
 from tests.launch_helpers import (
     TINY,
     WANDB_GROUP,
@@ -39,6 +41,7 @@ def test_sweep_name(sweep_dir: str, name: str) -> None:
 
 def test_resolvers_outside_a_run_give_no_group() -> None:
     """Configs composed without a Hydra run (tests, notebooks) still resolve: no group, no tags."""
+    register_resolvers()
     cfg = OmegaConf.create({"g": "${iwae.sweep_group:}", "t": "${iwae.sweep_tags:}"})
     assert cfg.g is None and list(cfg.t) == []
 

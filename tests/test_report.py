@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from iwae.eval_checkpoint import evaluate_checkpoint
-from iwae.report import find_runs, log_to_wandb, read_csv, report, table1_markdown
+from iwae.reports.table1 import find_runs, log_to_wandb, read_csv, report, table1_markdown
 from iwae.run import train
 from tests.conftest import compose_config
 

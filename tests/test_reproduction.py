@@ -1,4 +1,4 @@
-"""Issue 13's study command (`iwae.reproduction`): paired differences, the CSV, the README."""
+"""Issue 13's study command (`iwae.reports.reproduction`): paired differences, CSV, README."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from iwae.reproduction import (
+from iwae.reports.reproduction import (
     CSV_NAME,
     evaluate_runs,
     last_point_table,

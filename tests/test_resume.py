@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from iwae.assembly import resolve_ckpt_path
 from iwae.errors import UserError
-from iwae.run import resolve_ckpt_path, train
+from iwae.run import train
 from tests.conftest import ROOT, compose_config
 from tests.reliability_helpers import (
     HOOKS,

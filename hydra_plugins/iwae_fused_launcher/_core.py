@@ -81,7 +81,10 @@ def prepare_job(launcher: FusedLauncher, idx: int, overrides: Sequence[str]):
 def launch(
     launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> Sequence[JobReturn]:
+    from iwae.resolvers import register_resolvers
+
     setup_globals()
+    register_resolvers()  # the members' configs are resolved here, in the launcher's process
     assert launcher.config is not None
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
@@ -104,7 +107,7 @@ def _launch(
 ) -> list[JobReturn]:
     from iwae.fused.members import check_member, group_members, training_device
     from iwae.fused.runs import train_group
-    from iwae.launch import resume_requested
+    from iwae.resume import resume_requested
 
     prepared = [
         prepare_job(launcher, initial_job_idx + i, overrides)

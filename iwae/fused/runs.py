@@ -2,7 +2,7 @@
 
 ``metrics.json`` (the keys of `iwae.run.train`), ``checkpoints/last.ckpt`` (``state_dict`` with
 ``model.``-prefixed keys and the resolved config in ``iwae_config``, so ``mode=eval`` and
-`iwae.report` read it unchanged), ``samples.png``, and its loggers (CSV, W&B) with the
+`iwae.reports.table1` read it unchanged), ``samples.png``, and its loggers (CSV, W&B) with the
 training history. ``.hydra/`` is written by the launcher before training, as Hydra does.
 """
 
@@ -15,12 +15,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from iwae.assembly import build
 from iwae.checkpointing import write_bytes_atomic
 from iwae.evaluation import test_metrics
 from iwae.fused.group import FusedGroup
 from iwae.fused.members import Member
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
-from iwae.run import build
 
 
 def train_group(
@@ -81,7 +81,7 @@ def write_member_run(group: FusedGroup, m: int) -> dict[str, Any]:
 
 
 def write_member_checkpoint(group: FusedGroup, m: int, path: Path) -> None:
-    """A checkpoint `iwae.eval_checkpoint.load_run` and `iwae.report` read like a separate
+    """A checkpoint `iwae.assembly.load_run` and `iwae.reports.table1` read like a separate
     run's: the weights under ``model.``, the resolved config, the step and epoch."""
     state = {f"model.{k}": v for k, v in group.stacked.member_state_dict(m).items()}
     checkpoint = {

@@ -1,6 +1,6 @@
 """Train and test NLL of each run of a binarization-study multirun, as a Markdown table.
 
-    python -m iwae.binarization_study multirun/binarization_study/fashion_mnist/<date>/<time>
+    python -m iwae.reports.binarization multirun/binarization_study/fashion_mnist/<date>/<time>
 
 ``train.py`` reports the test NLL only; overfitting needs the NLL of the training images too.
 This loads each run's last checkpoint, rebuilds its DataModule from the config stored in the
@@ -27,15 +27,15 @@ import torch
 from omegaconf import OmegaConf
 
 from datamodules.base import binarize_once
+from iwae.assembly import load_run as load_checkpoint_run
 from iwae.errors import UserError
-from iwae.eval_checkpoint import load_run as load_checkpoint_run
 from iwae.evaluation import evaluate_nll
 from iwae.outputs import write_json_atomic
 
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
     """``(model, prepared datamodule, config)`` of one run, from ``checkpoints/last.ckpt``,
-    through `iwae.eval_checkpoint.load_run`: the one loader, which refuses a stored config
+    through `iwae.assembly.load_run`: the one loader, which refuses a stored config
     that names anything but this project's classes."""
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     run = load_checkpoint_run(ckpt_path)

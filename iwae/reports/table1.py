@@ -1,4 +1,4 @@
-"""Table 1 and figures from finished runs: ``python -m iwae.report <run or multirun dir>``.
+"""Table 1 and figures from finished runs: ``python -m iwae.reports.table1 <run or multirun dir>``.
 
 Collects every ``metrics.json`` under the directory (with the run's ``.hydra/config.yaml``)
 and writes, into that directory:
@@ -258,7 +258,8 @@ def bound_curve(
         saved = json.loads(cache.read_text())
         if saved.get("ks") == ks and saved.get("seed") == seed:
             return saved["curve"]
-    from iwae.eval_checkpoint import default_device, load_run
+    from iwae.assembly import load_run
+    from iwae.device import default_device
 
     loaded = loaded or load_run(run.checkpoint(), default_device())
     curve = bound_vs_k(loaded.model, loaded.test_batches(), ks, chunk_size, seed)
@@ -270,7 +271,8 @@ def checkpoint_figures(
     runs: list[Run], root: Path, ks: list[int], chunk_size: int, seed: int
 ) -> dict[str, Path]:
     """Figures that need the trained models: unit variances, samples, bound vs k."""
-    from iwae.eval_checkpoint import default_device, load_run
+    from iwae.assembly import load_run
+    from iwae.device import default_device
 
     runs = [r for r in runs if r.checkpoint() is not None]
     if not runs:
@@ -361,7 +363,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m iwae.report", description=__doc__.split("\n")[0]
+        prog="python -m iwae.reports.table1", description=__doc__.split("\n")[0]
     )
     parser.add_argument("root", help="a run directory or a multirun (sweep) directory")
     parser.add_argument(

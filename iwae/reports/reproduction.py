@@ -11,8 +11,8 @@ measurements into ``docs/reproduction/``:
 - ``report``: a CSV with one row per run and snapshot, the paired difference IWAE - VAE at
   each point (same seed, same digits), two figures and a markdown table of the last point.
 
-    python -m iwae.reproduction evaluate multirun/reproduction/k5/*
-    python -m iwae.reproduction report multirun/reproduction --out docs/reproduction
+    python -m iwae.reports.reproduction evaluate multirun/reproduction/k5/*
+    python -m iwae.reports.reproduction report multirun/reproduction --out docs/reproduction
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def evaluate_snapshot(
     ckpt: Path, k: int = 5000, chunk_size: int = 500, train_images: int = 500, seed: int = 0
 ) -> dict[str, Any]:
     """The study's measures of one checkpoint (see the module docstring)."""
-    from iwae.eval_checkpoint import load_run  # the one loader that rebuilds a run safely
+    from iwae.assembly import load_run  # the one loader that rebuilds a run safely
 
     run = load_run(ckpt)
     test = run.test_batches()
@@ -251,7 +251,9 @@ def _grouped(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, l
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m iwae.reproduction", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m iwae.reports.reproduction", description=__doc__
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="measure every snapshot of the given run directories")
     ev.add_argument("runs", nargs="+", type=Path)

@@ -1,0 +1,236 @@
+"""The one place that turns a config into objects: data, model, module, trainer, and a saved
+run rebuilt from its checkpoint.
+
+The entry points sit above it, side by side: training (`iwae.run`), ``mode=eval``
+(`iwae.eval_checkpoint`), the fused launcher (`iwae.fused`) and the report tools
+(`iwae.reports`). None of them calls ``hydra.utils.instantiate`` itself: `build` lets a
+constructor's one-line `UserError` through, which Hydra would wrap in a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from iwae.allowlist import rebuild_config
+from iwae.checkpointing import atomic_checkpoint_plugins, check_state_dict_matches, load_checkpoint
+from iwae.errors import UserError
+from iwae.model import IWAEModel
+from iwae.module import IWAEModule
+from iwae.resume import use_epoch_exact_fit_loop
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a `UserError` from a constructor through as itself
+    (Hydra wraps it in a multi-line InstantiationException)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def build_module(cfg: DictConfig, datamodule: Any) -> IWAEModule:
+    """Model (output bias from the training data), objective, optimizer and schedule."""
+    model = build(cfg.model, input_dim=datamodule.input_dim)
+    model.init_output_bias(datamodule.train_pixel_mean())
+    return IWAEModule(
+        model=model,
+        objective=build(cfg.objective),
+        optimizer=build(cfg.optimizer),
+        schedule=build(cfg.schedule),
+        val_k=cfg.eval.val_k,
+        val_seed=cfg.eval.seed,
+        log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.Trainer:
+    """Lightning's Trainer with the configured loggers, callbacks and plugins."""
+    loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node]
+    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    max_epochs = cfg.trainer.get("max_epochs") or module.schedule.epochs
+    trainer = build(
+        cfg.trainer,
+        max_epochs=max_epochs,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(output_dir),
+        # Atomic checkpoint writes and weights_only loads (iwae/checkpointing.py).
+        plugins=atomic_checkpoint_plugins([build(p) for p in cfg.trainer.get("plugins") or []]),
+    )
+    use_epoch_exact_fit_loop(trainer)  # resuming with max_steps set skipped an epoch
+    return trainer
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: bool = False) -> str | None:
+    """``last`` means this run directory's last checkpoint; anything else must exist.
+
+    ``resume=True`` (no ckpt_path) continues from ``last`` if there is one and starts afresh
+    otherwise, so one command serves the first start and every restart after a kill or requeue.
+    """
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path in (None, "", "null"):
+        return str(last) if resume and last.is_file() else None
+    path = last if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<existing .ckpt file>")
+    return str(path)
+
+
+def load_init_weights(module: nn.Module, path: str | Path) -> None:
+    """Copy the weights of the checkpoint at ``path`` into ``module`` (``init_from=``).
+
+    Burda et al. 2015, sec. 5.2 continue a trained VAE as an IWAE: the weights only, with a
+    fresh optimizer and schedule. Read with ``torch.load(weights_only=True)``
+    (`load_checkpoint`), so a checkpoint from elsewhere cannot run code; every tensor must
+    match the configured model by name and shape.
+    """
+    if not Path(path).is_file():
+        raise UserError(f"init_from: checkpoint not found: {path}; pass init_from=<a .ckpt file>")
+    checkpoint = load_checkpoint(path)
+    check_state_dict_matches(checkpoint, module, path)
+    module.load_state_dict(checkpoint["state_dict"])
+
+
+def hydra_choices() -> dict[str, str]:
+    """The config-group options of this run (``model: two_layer``), when Hydra is running."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+    except ValueError:  # composed outside a Hydra run (tests, notebooks)
+        return {}
+
+
+def hydra_choice(ckpt_path: str | Path, group: str) -> str | None:
+    """The config-group option (``model: two_layer``) of the run whose ``checkpoints/`` holds
+    ``ckpt_path``, from its ``.hydra/hydra.yaml``; None when that file is not there."""
+    hydra_yaml = Path(ckpt_path).resolve().parent.parent / ".hydra" / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    choices = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {})
+    return (choices.get("choices") or {}).get(group)
+
+
+def run_summary(objective: Any, datamodule: Any, seed: Any, model_choice: str | None) -> dict:
+    """The keys every ``metrics.json`` opens with (training, ``mode=eval``, fused members), so
+    `iwae.reports.table1` groups runs alike whichever entry point wrote them."""
+    return {
+        "objective": objective.name,
+        "k": getattr(objective, "k", None),
+        "model": model_choice or "custom",
+        "data": datamodule.name,
+        "binarization": datamodule.binarization,
+        "seed": seed,
+    }
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with the data it was trained on, rebuilt from a checkpoint."""
+
+    model: IWAEModel
+    datamodule: Any
+    config: DictConfig
+    checkpoint: dict[str, Any]
+
+    def test_batches(self, device: torch.device | str | None = None) -> list[Tensor]:
+        """The fixed-binarized test images, ``[B, D]`` batches, as a training run sees them,
+        on ``device`` (default: the model's, so that model and data never sit apart)."""
+        device = device or next(self.model.parameters()).device
+        return [x.to(device) for x in self.datamodule.test_dataloader()]
+
+
+def load_run(
+    ckpt_path: str | Path, device: torch.device | str = "cpu", data_path: str | None = None
+) -> LoadedRun:
+    """Rebuild model (with the checkpoint's weights) and datamodule from ``ckpt_path``.
+
+    The one loader of saved runs (``mode=eval`` and every report tool): the stored config is
+    checked against the allow-list before anything is built, a user data file must still have
+    the checksum stored with it (``data_path`` scores another on purpose), and weights must be
+    finite. Each failure is a one-line `UserError`.
+    """
+    checkpoint = load_checkpoint(ckpt_path)
+    stored = checkpoint.get("iwae_config")
+    if not isinstance(stored, Mapping):
+        raise UserError(
+            f"{ckpt_path} carries no run config (iwae_config); was it saved by train.py?"
+        )
+    config = rebuild_config(stored, str(ckpt_path))
+    datamodule = build_data(config, checkpoint, str(ckpt_path), data_path)
+    datamodule.setup("test")
+    model = build(config.model, input_dim=datamodule.input_dim)
+    prefix = "model."
+    state = {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
+    bad = next((k for k, v in state.items() if _non_finite(v)), None)
+    if bad is not None:
+        raise UserError(
+            f"{ckpt_path} holds non-finite weights (model.{bad}): the run diverged before it "
+            "was saved; evaluate an earlier checkpoint"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise UserError(f"{ckpt_path}: its weights do not fit its stored model ({first})") from None
+    return LoadedRun(model.to(device).eval(), datamodule, config, checkpoint)
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.is_floating_point() and not value.isfinite().all()
+
+
+def build_data(config: DictConfig, checkpoint: Mapping, source: str, data_path: str | None) -> Any:
+    """The run's prepared datamodule. A user data file (``data=npz``/``folder``) is read from
+    the absolute path stored in the checkpoint and must have the SHA-256 stored with it;
+    ``data_path`` (``eval.data_path``) scores another file on purpose."""
+    node = config.data
+    saved = checkpoint.get(str(node._target_).rsplit(".", 1)[-1])  # Lightning's datamodule state
+    saved = saved.get("data_file") if isinstance(saved, Mapping) else None
+    if "path" not in node:
+        if data_path:
+            raise UserError(f"eval.data_path is for runs on data=npz or data=folder, not {source}")
+        return prepared_data(node)
+    if data_path:
+        node.path = data_path
+    elif isinstance(saved, Mapping):
+        node.path = saved.get("path")
+    elif not Path(str(node.path)).is_absolute():
+        raise UserError(
+            f"{source} stores the relative data.path {node.path!r} and no checksum, so which "
+            "file it was trained on is unknown; pass eval.data_path=<that file>"
+        )
+    datamodule = prepared_data(node)
+    if not data_path and saved and saved.get("sha256") != datamodule.data_sha256:
+        raise UserError(
+            f"data file {node.path} changed since {source} was written (SHA-256 "
+            f"{datamodule.data_sha256[:12]}..., was {str(saved.get('sha256'))[:12]}...); restore "
+            f"it, or pass eval.data_path={node.path} to score it as it is now"
+        )
+    return datamodule
+
+
+def prepared_data(node: DictConfig) -> Any:
+    """The datamodule of a ``data`` config node, its files read and split."""
+    datamodule = build(node)
+    datamodule.prepare()
+    return datamodule
