@@ -220,7 +220,7 @@ def test_loaders_refuse_a_stored_config_that_calls_other_code(case, genuine, tmp
     group, node = _payloads(victim, copy)[case]
     path = _crafted(genuine, tmp_path, group, node)
     with pytest.raises(UserError, match=r"^refused to rebuild .*crafted\.ckpt: ") as err:
-        load_run(path)  # mode=eval and iwae.report
+        load_run(path)  # mode=eval and iwae.reports.table1
     assert "\n" not in str(err.value)
     (tmp_path / "checkpoints").mkdir()
     path.rename(tmp_path / "checkpoints" / "last.ckpt")
