@@ -28,6 +28,7 @@ def main(cfg: DictConfig) -> float | None:
     # A joblib or submitit worker receives this function pickled by value: it runs no
     # module-level code of this file, so the resolvers are registered here as well.
     register_resolvers()
+    quiet_third_party_noise()  # and its warning filters: a joblib worker starts without them
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         if cfg.get("mode", "train") not in ("train", "eval"):
@@ -60,5 +61,4 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     exit_on_bad_overrides()
     exit_on_unusable_output_dir()  # before Hydra, whose logging setup fails with a traceback
-    quiet_third_party_noise()
     main()

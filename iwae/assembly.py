@@ -9,6 +9,7 @@ constructor's one-line `UserError` through, which Hydra would wrap in a tracebac
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,10 @@ from torch import Tensor, nn
 from iwae.allowlist import rebuild_config
 from iwae.checkpointing import atomic_checkpoint_plugins, check_state_dict_matches, load_checkpoint
 from iwae.errors import UserError
+from iwae.loggers import run_config
 from iwae.model import IWAEModel
 from iwae.module import IWAEModule
+from iwae.resolvers import parallel_sweep_job
 from iwae.resume import use_epoch_exact_fit_loop
 
 
@@ -57,6 +60,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> IWAEModule:
         val_seed=cfg.eval.seed,
         log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),
         config=OmegaConf.to_container(cfg, resolve=True),
+        hparams=run_config(cfg, hydra_choices()),
     )
 
 
@@ -68,6 +72,7 @@ def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.T
     trainer = build(
         cfg.trainer,
         max_epochs=max_epochs,
+        enable_progress_bar=progress_bar_enabled(cfg.trainer.get("enable_progress_bar")),
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(output_dir),
@@ -76,6 +81,15 @@ def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.T
     )
     use_epoch_exact_fit_loop(trainer)  # resuming with max_steps set skipped an epoch
     return trainer
+
+
+def progress_bar_enabled(setting: Any) -> bool:
+    """``trainer.enable_progress_bar``: true or false as set; null (the default) shows
+    Lightning's bar only when stdout is a terminal (its bar ignores that: a log file gets a
+    line per refresh) and never in a parallel sweep's jobs, whose bars share one line."""
+    if setting is not None:
+        return bool(setting)
+    return sys.stdout.isatty() and not parallel_sweep_job()
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: bool = False) -> str | None:
@@ -158,14 +172,18 @@ class LoadedRun:
 
 
 def load_run(
-    ckpt_path: str | Path, device: torch.device | str = "cpu", data_path: str | None = None
+    ckpt_path: str | Path,
+    device: torch.device | str = "cpu",
+    data_path: str | None = None,
+    data: DictConfig | None = None,
 ) -> LoadedRun:
     """Rebuild model (with the checkpoint's weights) and datamodule from ``ckpt_path``.
 
     The one loader of saved runs (``mode=eval`` and every report tool): the stored config is
     checked against the allow-list before anything is built, a user data file must still have
     the checksum stored with it (``data_path`` scores another on purpose), and weights must be
-    finite. Each failure is a one-line `UserError`.
+    finite. Each failure is a one-line `UserError`. ``data`` (a ``data`` config node) scores
+    the model on other data, of the same image size, on purpose.
     """
     checkpoint = load_checkpoint(ckpt_path)
     stored = checkpoint.get("iwae_config")
@@ -174,7 +192,10 @@ def load_run(
             f"{ckpt_path} carries no run config (iwae_config); was it saved by train.py?"
         )
     config = rebuild_config(stored, str(ckpt_path))
-    datamodule = build_data(config, checkpoint, str(ckpt_path), data_path)
+    if data is not None:
+        datamodule = prepared_data(data)
+    else:
+        datamodule = build_data(config, checkpoint, str(ckpt_path), data_path)
     datamodule.setup("test")
     model = build(config.model, input_dim=datamodule.input_dim)
     prefix = "model."
@@ -190,6 +211,12 @@ def load_run(
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
+        if data is not None:
+            raise UserError(
+                f"data={datamodule.name} has {datamodule.input_dim} pixels an image, but the "
+                f"model in {ckpt_path} was trained on images of another size; evaluate it on "
+                "data of its own image size"
+            ) from None
         first = str(err).strip().splitlines()[-1].strip()
         raise UserError(f"{ckpt_path}: its weights do not fit its stored model ({first})") from None
     return LoadedRun(model.to(device).eval(), datamodule, config, checkpoint)

@@ -1,7 +1,16 @@
 """Command-line checks that run before Hydra composes the config.
 
 Hydra reports an unknown config-group option as a multi-line error; this prints one line with
-the valid choices instead and exits with status 2.
+the valid choices instead and exits with status 2. It reads the command line with Hydra's own
+override parser and asks Hydra's config loader for each group's options (this project's
+files and every installed plugin's: ``hydra/launcher=basic``, ``submitit_local``, Optuna), so
+it never rejects what Hydra accepts: list values (``'logger=[csv,wandb]'``), sweeps
+(``k=1,5``, ``choice()``, ``range()``, ``interval()``), shell completion and ``--info``.
+
+Importing this module installs the warning filters of `quiet_third_party_noise`: the one
+import-time effect in the project, kept to the command line's module. `train.py` imports it,
+and so does every joblib worker when it unpickles ``train.main``, which matters because a
+worker's Hydra composes the job's config, and warns, before any function of ours runs.
 """
 
 from __future__ import annotations
@@ -9,35 +18,120 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
+# Hydra's flags that take the next word as their value (``-sc install=bash``, ``--cfg job``).
+_FLAGS_WITH_VALUE = {
+    "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+    "-c", "--cfg", "-p", "--package", "--experimental-rerun",
+}  # fmt: skip
+# Flags after which nothing runs, or anything may follow: no check at all.
+_NO_RUN_FLAGS = {"-sc", "--shell-completion", "-h", "--help", "--hydra-help", "--version"}
+_OPTIONAL_VALUE_FLAGS = {"-i", "--info"}  # --info [all|config|defaults|...]
+
+
+def hydra_overrides(argv: list[str]) -> list[str] | None:
+    """The overrides in ``argv`` as Hydra sees them (flags and their values left out); None
+    when a flag means no job runs (shell completion, help), so there is nothing to check."""
+    out: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        name = word.split("=", 1)[0]
+        if name in _NO_RUN_FLAGS:
+            return None
+        if word.startswith("-"):
+            skip = name in _FLAGS_WITH_VALUE and "=" not in word
+            continue
+        out.append(word)
+    return [w for w in out if not _is_info_topic(argv, w)]
+
+
+def _is_info_topic(argv: list[str], word: str) -> bool:
+    """``--info config``: ``config`` is the flag's value, not an override."""
+    i = argv.index(word)
+    return i > 0 and argv[i - 1] in _OPTIONAL_VALUE_FLAGS and "=" not in word
+
 
 def group_options(conf_dir: Path, group: str) -> list[str]:
-    folder = conf_dir / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    """The options of ``group`` that Hydra knows: this project's files and installed plugins'
+    configs (Hydra's ConfigStore); [] for a name that is no group."""
+    return _option_lister(conf_dir)(group)
 
 
-def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> str | None:
-    """Return a one-line error for the first ``group=option`` naming no config file, else None.
+def _option_lister(conf_dir: Path) -> Callable[[str], list[str]]:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    Handles sweeps (``objective=vae,iwae``) and Hydra's ``+``/``~``/``++`` prefixes.
-    """
-    for arg in argv:
-        if "=" not in arg or arg.startswith("-"):
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        groups: dict[str, list[str]] = {}
+
+        def options(group: str) -> list[str]:
+            if group not in groups:
+                groups[group] = sorted(set(loader.get_group_options(group)))
+            return groups[group]
+
+        # the config repository outlives the context; list every group now, while it is open
+        for group in _all_groups(loader):
+            options(group)
+    return lambda group: groups.get(group, [])
+
+
+def _all_groups(loader: object, parent: str = "") -> list[str]:
+    found = []
+    for name in loader.list_groups(parent):  # type: ignore[attr-defined]
+        path = f"{parent}/{name}" if parent else name
+        found += [path, *_all_groups(loader, path)]
+    return found
+
+
+def _choices(value: object) -> list[object] | None:
+    """The options an override's value names: one, a list's, a choice sweep's; None for
+    values Hydra expands itself (``range()``, ``interval()``, ``glob()``)."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if isinstance(value, ChoiceSweep):
+        return list(value.list)
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str | int | float):
+        return [value]
+    return None
+
+
+def check_overrides(
+    argv: list[str], conf_dir: Path = CONF_DIR, options: Callable[[str], list[str]] | None = None
+) -> str | None:
+    """Return a one-line error for the first ``group=option`` naming no option Hydra knows,
+    else None. Unparsable overrides are left to `check_override_keys`, which words them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides = hydra_overrides(argv)
+    if not overrides:
+        return None
+    options = options or _option_lister(conf_dir)
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            override = parser.parse_override(text)
+        except HydraException:
             continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        if "." in key and not key.startswith("hydra/"):
-            continue  # a key inside a group (k=5, data.batch_size=...) is checked later
-        options = group_options(conf_dir, key)
-        if not options:
-            continue
-        for choice in value.split(","):
-            choice = choice.strip()
-            if choice and choice != "null" and choice not in options:
-                return f"unknown {key} {choice!r}; choose one of: {', '.join(options)}"
+        if override.is_delete() or "." in override.key_or_group.split("/")[-1]:
+            continue  # a key inside a group (data.batch_size=...) is checked later
+        known = options(override.key_or_group)
+        for choice in (_choices(override.value()) or []) if known else []:
+            if choice is not None and str(choice) != "null" and str(choice) not in known:
+                return (
+                    f"unknown {override.key_or_group} {str(choice)!r}; choose one of: "
+                    f"{', '.join(known)}"
+                )
     return None
 
 
@@ -45,7 +139,13 @@ def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
     from iwae.config_check import check_override_keys  # misspelled keys, unparsable overrides
 
     argv = sys.argv[1:] if argv is None else argv
-    message = check_overrides(argv) or check_override_keys(argv, CONF_DIR)
+    overrides = hydra_overrides(argv)
+    if overrides is None:
+        return
+    names = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+    if any(word.split("=", 1)[0] in names for word in argv):
+        return  # another primary config: let Hydra compose it and report
+    message = check_overrides(argv) or check_override_keys(overrides, CONF_DIR)
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -54,7 +154,10 @@ def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
 def quiet_third_party_noise() -> None:
     """Drop messages that mislead or distract on every run: Lightning's advert for its cloud
     logger, its hint to use ``srun`` whenever SLURM is installed (runs here are launched by
-    Hydra's submitit launcher instead), and a deprecation inside Lightning's own code."""
+    Hydra's submitit launcher instead), and a deprecation inside Lightning's own code.
+
+    Called in the launching process and again in every job (a joblib worker is a fresh
+    process that inherits none of these filters)."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")
     # conf/hydra/launcher/joblib.yaml has the name of the joblib plugin's own config on
@@ -64,6 +167,16 @@ def quiet_third_party_noise() -> None:
     warnings.filterwarnings(
         "ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema"
     )
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
-    )
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(getattr(f, "iwae_quiet", False) for f in rank_zero.filters):
+        rank_zero.addFilter(_QuietLitLogger())
+
+
+class _QuietLitLogger(logging.Filter):
+    iwae_quiet = True  # added once per process, however often the jobs ask
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+quiet_third_party_noise()

@@ -52,14 +52,28 @@ def _first_choices(overrides: list[str]) -> list[str] | str:
             reason = str(err).strip().splitlines()[0]
             return f"cannot parse the override {text!r} ({reason}); write key=value"
         if override.is_sweep_override():
-            first = next(iter(override.sweep_string_iterator()), None)
+            first = _first_value(override)
             if first is None:
-                return f"the sweep {text!r} has no values"
+                continue  # glob() and the like: Hydra expands them; the key is checked there
             prefix = text[: len(text) - len(text.lstrip("+~"))]
             out.append(f"{prefix}{override.get_key_element()}={first}")
         else:
             out.append(text)
     return out
+
+
+def _first_value(override: Any) -> str | None:
+    """A value of a sweep to compose with: its first choice or range value, an interval's
+    start (the Optuna and Nevergrad sweepers' ``interval()`` is never iterated by Hydra)."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    value = override.value()
+    if isinstance(value, IntervalSweep):
+        return str(value.start)
+    try:
+        return next(iter(override.sweep_string_iterator()), None)
+    except Exception:  # a sweep kind this Hydra cannot iterate
+        return None
 
 
 def _suggest(cfg: DictConfig, key: str) -> str:

@@ -1,11 +1,64 @@
-"""What the project adds to Lightning's loggers: closing a W&B run with the final metrics."""
+"""What the project adds to Lightning's loggers: the run's config at the top of every logger
+(W&B's run config, the CSV logger's ``hparams.yaml``), the run's media in W&B, and closing a
+W&B run with the final metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
 
-def finish_wandb(trainer: Any, metrics: dict[str, Any]) -> None:
+# The names a researcher filters, groups and plots runs by, in this order at the top of the
+# W&B config; each is a Hydra choice (``model: two_layer``) or a value of the resolved config.
+_CHOICES = ("experiment", "objective", "model", "data", "schedule", "optimizer")
+
+
+def run_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, str]) -> dict:
+    """The config a run's loggers record: the settings users compare runs by at the top
+    (objective, k, model, data, binarization, seed, lr, batch size, estimator), then the
+    whole resolved config under ``config``, as a plain nested dict (W&B shows it as
+    ``config.optimizer.lr``)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    resolved = dict(resolved)
+    node = lambda name: resolved.get(name) or {}  # noqa: E731 (a lookup, not a function)
+    top: dict[str, Any] = {name: choices.get(name) for name in _CHOICES}
+    top.update(
+        k=resolved.get("k"),
+        estimator=node("objective").get("estimator"),
+        binarization=node("data").get("binarization"),
+        batch_size=node("data").get("batch_size"),
+        lr=node("optimizer").get("lr"),
+        seed=resolved.get("seed"),
+    )
+    return {**{k: v for k, v in top.items() if v is not None}, "config": resolved}
+
+
+def log_run_media(loggers: Iterable[Any], run_dir: Path, metrics: Mapping[str, Any]) -> None:
+    """Put the run's sample grid and, where measured (``eval.bound_ks``), its bound-vs-k curve
+    into each W&B run, beside its metrics."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        samples = run_dir / "samples.png"
+        if samples.is_file():
+            logger.log_image("samples", [str(samples)], caption=["model samples (means)"])
+        curve = metrics.get("test/bound_vs_k")
+        if curve:
+            import wandb
+
+            table = wandb.Table(
+                columns=["k", "bound", "mc_stderr"],
+                data=[[row["k"], row["bound"], row["mc_stderr"]] for row in curve],
+            )
+            plot = wandb.plot.line(table, "k", "bound", title="test L_k against k (nats)")
+            logger.experiment.log({"test/bound_vs_k": plot})
+
+
+def finish_wandb(loggers: Iterable[Any], metrics: Mapping[str, Any]) -> None:
     """Put the final metrics in the W&B run's summary and close the run.
 
     Closing matters in a sweep: the basic launcher runs every job in one process, and an open
@@ -13,7 +66,7 @@ def finish_wandb(trainer: Any, metrics: dict[str, Any]) -> None:
     """
     from pytorch_lightning.loggers import WandbLogger
 
-    if not trainer.is_global_zero or not any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+    if not any(isinstance(lg, WandbLogger) for lg in loggers):
         return
     import wandb
 

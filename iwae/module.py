@@ -28,6 +28,7 @@ class IWAEModule(pl.LightningModule):
         log_every_n_steps: training metrics are logged every this many steps only: logging
             every one of the paper's ten million steps costs more than the step itself.
         config: the run's resolved config, stored in every checkpoint so it can be rebuilt.
+        hparams: what the loggers record as the run's config (`iwae.loggers.run_config`).
     """
 
     def __init__(
@@ -40,8 +41,11 @@ class IWAEModule(pl.LightningModule):
         val_seed: int = 0,
         log_every_n_steps: int = 50,
         config: dict | None = None,
+        hparams: dict | None = None,
     ) -> None:
         super().__init__()
+        if hparams:  # Lightning hands them to every logger when fit starts (W&B's run config)
+            self.save_hyperparameters(hparams)
         self.model, self.objective = model, objective
         self.optimizer_factory, self.schedule = optimizer, schedule
         self.val_k, self.val_seed = val_k, val_seed

@@ -32,8 +32,11 @@ def save_sample_grid(
     )
 
 
-def format_results(metrics: dict[str, Any]) -> str:
-    """The short table printed at the end of a run."""
+def format_results(
+    metrics: dict[str, Any], run_dir: str | os.PathLike | None = None, seconds: float | None = None
+) -> str:
+    """The short table printed at the end of a run: what it was, where its files are, how long
+    it took (the whole command, training and evaluation) and what it measured."""
     rows = [
         ("objective", metrics.get("objective")),
         ("k", metrics.get("k")),
@@ -46,11 +49,19 @@ def format_results(metrics: dict[str, Any]) -> str:
             _fmt(metrics.get("test/nll"), metrics.get("test/nll_stderr")),
         ),
         ("test/active_units", _units(metrics)),
+        ("wall time", None if seconds is None else _duration(seconds)),
+        ("run dir", None if run_dir is None else str(run_dir)),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows if value is not None]
     rule = "-" * max(len(line) for line in lines)
     return "\n".join([rule, *lines, rule])
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
 def _fmt(value: Any, stderr: Any = None) -> str | None:

@@ -37,6 +37,13 @@ def in_multirun() -> bool:
     return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
+def parallel_sweep_job() -> bool:
+    """Is this a job of a sweep whose jobs run side by side on one terminal (joblib)?"""
+    hc = running_hydra()
+    target = str((hc.launcher or {}).get("_target_", "")) if in_multirun() else ""
+    return "joblib" in target.lower()
+
+
 def sweep_name(sweep_dir: str | os.PathLike) -> str:
     """A sweep's name from its directory: what follows the last ``multirun`` in the path
     (the default ``multirun/<date>/<time>`` gives ``<date>/<time>``), else the whole path."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from iwae.assembly import (
     build_module,
@@ -22,8 +22,9 @@ from iwae.checkpointing import check_state_dict_matches, load_checkpoint
 from iwae.config_check import check_ddp_launch, check_run_values
 from iwae.device import set_torch_threads
 from iwae.evaluation import test_metrics
-from iwae.loggers import finish_wandb
+from iwae.loggers import finish_wandb, log_run_media
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
+from iwae.resolvers import parallel_sweep_job
 from iwae.resume import check_resume_config, resume_requested
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,15 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Fit the configured model and write ``metrics.json``; return the metrics."""
+    started = time.perf_counter()
     # Every value, the data and the memory: fail now, not after training. The prepared
     # datamodule comes back (reading the data drew no global random numbers), so it is read once.
     datamodule = check_run_values(cfg)
     check_ddp_launch(cfg.trainer)
     set_torch_threads(cfg.get("threads"))  # parallel runs (joblib, SLURM) share the cores
+    if parallel_sweep_job() and cfg.eval.get("progress") is None:
+        with open_dict(cfg):  # the evaluation's bars would interleave like the training's
+            cfg.eval.progress = False
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, module, output_dir)
@@ -62,6 +67,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         metrics.update(test_metrics(module.model, datamodule.test_dataloader(), cfg.eval))
         save_sample_grid(module.model, datamodule.image_shape, output_dir / "samples.png")
     write_json_atomic(output_dir / "metrics.json", metrics)
-    finish_wandb(trainer, metrics)  # the next run of a sweep in this process gets its own
-    print(format_results(metrics))
+    log_run_media(trainer.loggers, output_dir, metrics)
+    finish_wandb(trainer.loggers, metrics)  # the next run of a sweep in this process gets its own
+    print(format_results(metrics, output_dir, time.perf_counter() - started))
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import joblib
@@ -105,8 +106,16 @@ def test_basic_sweep_one_wandb_run_per_job_grouped_by_sweep(tmp_path: Path) -> N
 def _joblib_sweep(tmp_path: Path) -> Path:
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "objective=vae,iwae"]
-    run_train([*args, f"hydra.sweep.dir={sweep}", "logger=none", *TINY], tmp_path, 300)
+    tiny = [a for a in TINY if "progress_bar" not in a]  # the default: off in joblib's jobs
+    proc = run_train([*args, f"hydra.sweep.dir={sweep}", "logger=none", *tiny], tmp_path, 300)
     dirs = _check_runs(sweep, ["vae", "iwae"])
+    # Issue 15: the workers are as quiet as the parent, one closing table per run.
+    output = proc.stdout + proc.stderr
+    for noise in ("litlogger", "LeafSpec", "validated against ConfigStore", "\r", "it/s]"):
+        assert noise not in output, f"{noise!r} in a joblib sweep's output"
+    for d in dirs:
+        assert re.search(rf"^run dir +{re.escape(str(d))}$", proc.stdout, re.MULTILINE)
+    assert proc.stdout.count("wall time") == 2
     # joblib gives each of its n_jobs workers its share of the cores, and torch keeps to it.
     share = max(1, joblib.cpu_count() // 2)
     for d in dirs:

@@ -20,6 +20,7 @@ from iwae.checkpointing import write_bytes_atomic
 from iwae.evaluation import test_metrics
 from iwae.fused.group import FusedGroup
 from iwae.fused.members import Member
+from iwae.loggers import finish_wandb, log_run_media, run_config
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
 
 
@@ -76,7 +77,7 @@ def write_member_run(group: FusedGroup, m: int) -> dict[str, Any]:
         save_sample_grid(model, dm.image_shape, member.output_dir / "samples.png")
     write_json_atomic(member.output_dir / "metrics.json", metrics)
     replay_loggers(member, group.history[m], metrics)
-    print(format_results(metrics), flush=True)
+    print(format_results(metrics, member.output_dir, metrics.get("train/seconds")), flush=True)
     return metrics
 
 
@@ -101,22 +102,14 @@ def replay_loggers(
     """The member's configured loggers (``logger=csv``, ``wandb``) receive its training history
     after the group has finished, one member at a time: one process cannot hold several live
     W&B runs, and the history lives in the group checkpoint, so a resumed group loses none."""
-    from pytorch_lightning.loggers import WandbLogger
-
     for node in (member.cfg.get("logger") or {}).values():
         if not node:
             continue
         logger = build(node)
+        logger.log_hyperparams(run_config(member.cfg, member.choices))
         for row in history:
             values = {k: v for k, v in row.items() if k != "step"}
             logger.log_metrics(values, step=int(row["step"]))
-        if isinstance(logger, WandbLogger):
-            import wandb
-
-            numbers = {
-                k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "seed"
-            }
-            logger.experiment.summary.update(numbers)
-            wandb.finish()
-        else:
-            logger.finalize("success")
+        log_run_media([logger], member.output_dir, metrics)
+        logger.finalize("success")
+        finish_wandb([logger], metrics)
