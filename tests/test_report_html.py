@@ -20,7 +20,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from iwae.reports.table1 import report
+from iwae.reports.table1 import Run, report, sample_pngs
 
 CHROMIUM = next(
     (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
@@ -135,3 +135,14 @@ def test_chromium_renders_the_report(sweep, tmp_path):
     # nll_vs_k's VAE lines are matplotlib's blue (C0)
     blue = (pixels[..., 2] - pixels[..., 0] > 80).sum()
     assert blue > 100
+
+
+def test_many_runs_show_only_the_best_runs_samples(tmp_path):
+    runs = []
+    for i in range(13):  # one cell, 13 seeds: the page shows the one with the best val bound
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "samples.png").write_bytes(b"png")
+        metrics = {"data": "mnist", "objective": "iwae", "k": 5, "test/nll": 90.0}
+        runs.append(Run(tmp_path / str(i), metrics | {"val/bound": -90.0 - abs(i - 7)}))
+    assert list(sample_pngs(runs).values()) == [tmp_path / "7" / "samples.png"]
+    assert len(sample_pngs(runs[:12])) == 12

@@ -513,12 +513,12 @@ def report(
     for name, why in notes.items():
         print(f"{name}.png: {why}")
     figures_only = {k: v for k, v in paths.items() if v.suffix == ".png"}
-    paths["report_html"] = html.write_report(root, table, figures_only, notes, _sample_pngs(runs))
+    paths["report_html"] = html.write_report(root, table, figures_only, notes, sample_pngs(runs))
     log_to_wandb(runs, root, rows, figures_only)
     return paths
 
 
-def _sample_pngs(runs: list[Run], most: int = 12) -> dict[str, Path]:
+def sample_pngs(runs: list[Run], most: int = 12) -> dict[str, Path]:
     """Each run's ``samples.png`` by its label, or only the best runs' when there are many."""
     chosen = runs if len(runs) <= most else best_runs(runs)
     pngs = {}
