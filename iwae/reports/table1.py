@@ -4,9 +4,8 @@ Collects every ``metrics.json`` under the directory (with the run's ``.hydra/con
 and writes, into that directory:
 
 - ``table1.md``: the paper's Table 1 layout, per dataset and binarization: stochastic layers x
-  k rows, one column per objective, cells "test NLL ± standard error (active units)", e.g.
-  "82.90 ± 0.40 (26+7)", and the paper's published numbers beside for its own datasets
-  (`iwae.reports.paper`);
+  k rows, one column per objective, cells "test NLL ± standard error (active units)", and the
+  paper's published numbers beside for its own datasets (`iwae.reports.paper`);
 - ``table1.csv``: one row per run, every number the table shows and where it came from;
 - ``nll_vs_k.png``, ``learning_curves.png`` (from each run's CSV log), and, from the runs'
   last checkpoints, ``bound_vs_k.png`` (the model with the best validation bound),
