@@ -15,10 +15,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 STYLE = {"vae": "--", "iwae": "-"}  # the paper's two objectives; others get a dotted line
+# Colour and line style both tell VAE from IWAE, so the figure survives greyscale printing and
+# colour blindness; the marker tells the number of stochastic layers.
+COLOUR = {"vae": "C0", "iwae": "C3"}
+LAYER_MARKER = {1: "o", 2: "s"}
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -34,31 +39,66 @@ def _panels(n: int, width: float = 4.5, height: float = 3.5) -> tuple[plt.Figure
 
 
 def nll_vs_k(
-    curves: Mapping[str, Mapping[tuple[str, int], Mapping[int, float]]], path: str | Path
+    curves: Mapping[str, Mapping[tuple[str, int], Mapping[int, tuple[float, float | None]]]],
+    path: str | Path,
+    paper: Mapping[str, Mapping[tuple[str, int], Mapping[int, float]]] | None = None,
 ) -> Path:
     """Test NLL against the training k: one panel per dataset, one line per (objective,
-    stochastic layers).
+    stochastic layers), with bars of one standard error; the paper's numbers as grey markers.
 
     Args:
-        curves: ``{dataset: {(objective, layers): {k: test NLL}}}``.
+        curves: ``{dataset: {(objective, layers): {k: (test NLL, standard error or None)}}}``.
+        paper: the published NLLs of the same lines, ``{dataset: {(objective, layers): {k: NLL}}}``.
     """
-    fig, axes = _panels(len(curves))
+    fig, axes = _panels(len(curves), width=6.5)
     for ax, (data, lines) in zip(axes, sorted(curves.items())):
-        for (objective, layers), points in sorted(
-            lines.items(), key=lambda kv: (kv[0][1], kv[0][0])
-        ):
+        trained: set[int] = set()
+        for (objective, layers), points in sorted(lines.items(), key=lambda kv: kv[0][::-1]):
             ks = sorted(points)
-            ax.plot(
+            trained.update(ks)
+            stderr = [points[k][1] for k in ks]
+            ax.errorbar(
                 ks,
-                [points[k] for k in ks],
-                STYLE.get(objective, ":"),
-                marker="o",
-                color=f"C{layers - 1}",
+                [points[k][0] for k in ks],
+                yerr=None if None in stderr else stderr,
+                fmt=STYLE.get(objective, ":"),
+                color=COLOUR.get(objective, "C2"),
+                marker=LAYER_MARKER.get(layers, "^"),
+                capsize=3,
                 label=f"{objective.upper()}, {layers} layer{'s' * (layers > 1)}",
             )
+        _paper_markers(ax, (paper or {}).get(data, {}))
         ax.set(xscale="log", xlabel="k (training samples)", ylabel="test NLL (nats)", title=data)
-        ax.legend(fontsize=8)
+        _k_ticks(ax, trained)
+        ax.legend(
+            fontsize=7,
+            title="bars: 1 standard error",
+            title_fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),  # outside: the legend hides no point
+        )
     return _save(fig, path)
+
+
+def _paper_markers(ax: plt.Axes, lines: Mapping[tuple[str, int], Mapping[int, float]]) -> None:
+    for (objective, layers), points in sorted(lines.items(), key=lambda kv: kv[0][::-1]):
+        ks = sorted(points)
+        ax.plot(
+            ks,
+            [points[k] for k in ks],
+            linestyle="none",
+            marker=LAYER_MARKER.get(layers, "^"),
+            markerfacecolor="none" if objective == "vae" else "0.6",
+            color="0.6",
+            label=f"paper: {objective.upper()}, {layers} layer{'s' * (layers > 1)}",
+        )
+
+
+def _k_ticks(ax: plt.Axes, ks: set[int]) -> None:
+    """Ticks at the k values that were trained (1, 5, 50), not at the log axis' powers of 10."""
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(ks)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(k) for k in sorted(ks)]))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def bound_vs_k(curve: Sequence[Mapping[str, float]], path: str | Path, title: str = "") -> Path:
@@ -70,8 +110,18 @@ def bound_vs_k(curve: Sequence[Mapping[str, float]], path: str | Path, title: st
     fig, (ax,) = _panels(1, width=5.5)
     ks = [row["k"] for row in curve]
     errors = [2 * row["mc_stderr"] if math.isfinite(row["mc_stderr"]) else 0 for row in curve]
-    ax.errorbar(ks, [row["bound"] for row in curve], yerr=errors, marker="o", capsize=3)
-    ax.set(xscale="log", xlabel="k (evaluation samples)", ylabel="test L_k (nats)", title=title)
+    ax.errorbar(
+        ks,
+        [row["bound"] for row in curve],
+        yerr=errors,
+        marker="o",
+        capsize=3,
+        label="L_k, bars: 2 standard errors (Monte Carlo)",
+    )
+    ax.set(xscale="log", xlabel="k (evaluation samples)", ylabel="test L_k (nats)")
+    ax.set_title(title, fontsize=8)
+    _k_ticks(ax, set(ks))
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

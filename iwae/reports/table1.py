@@ -3,15 +3,19 @@
 Collects every ``metrics.json`` under the directory (with the run's ``.hydra/config.yaml``)
 and writes, into that directory:
 
-- ``table1.md``: the paper's Table 1 layout, per dataset: stochastic layers x k rows, one
-  column per objective, cells "test NLL (active units)", e.g. "82.90 (26+7)";
+- ``table1.md``: the paper's Table 1 layout, per dataset and binarization: stochastic layers x
+  k rows, one column per objective, cells "test NLL ± standard error (active units)", and the
+  paper's published numbers beside for its own datasets (`iwae.reports.paper`);
 - ``table1.csv``: one row per run, every number the table shows and where it came from;
 - ``nll_vs_k.png``, ``learning_curves.png`` (from each run's CSV log), and, from the runs'
-  last checkpoints, ``bound_vs_k.png`` (one model), ``unit_variances.png`` and
-  ``samples_reconstructions.png``.
+  last checkpoints, ``bound_vs_k.png`` (the model with the best validation bound),
+  ``unit_variances.png`` and ``samples_reconstructions.png``; a figure that cannot be drawn
+  gets one printed line saying why;
+- ``report.html``: all of the above in one self-contained page (`iwae.reports.html`).
 
 Every number is read from the runs' files: nothing is typed in by hand. When the runs logged
-to W&B, the table and figures go to a W&B run of their own (job type ``report``).
+to W&B, the table and figures go to a W&B run of their own (job type ``report``) in the
+runs' group.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,8 @@ import yaml
 from iwae import figures
 from iwae.evaluation import BOUND_KS, active_units, bound_vs_k, format_units
 from iwae.outputs import write_json_atomic
+from iwae.reports import html, paper
+from iwae.resolvers import sweep_name
 
 OBJECTIVE_ORDER = ("vae", "iwae")  # the paper's columns first; any others after them
 CSV_FIELDS = (
@@ -139,7 +146,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a ``table1.csv``, numbers as numbers: ``table1_markdown(read_csv(p))``
     redraws the table from the CSV alone."""
-    numeric = {"layers": int, "k": int, "test_nll": float, "eval_k": int, "test_images": int}
+    numeric = {"layers": int, "k": int, "test_nll": float, "test_nll_stderr": float}
+    numeric |= {"eval_k": int, "test_images": int}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
@@ -154,34 +162,80 @@ def _objectives(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _cell(rows: list[dict[str, Any]]) -> str:
-    """ "NLL (units)"; several seeds of one cell: their mean NLL, units of each, and n."""
+    """ "NLL ± stderr (units)"; several seeds of one cell: their mean NLL ± the standard error
+    over the seeds, units of each, and n."""
     if not rows:
         return ""
-    nll = sum(r["test_nll"] for r in rows) / len(rows)
+    nlls = [r["test_nll"] for r in rows]
+    nll = sum(nlls) / len(nlls)
+    if len(rows) > 1:
+        stderr = statistics.stdev(nlls) / math.sqrt(len(nlls))
+    else:
+        stderr = rows[0].get("test_nll_stderr")
+    spread = f" ± {float(stderr):.2f}" if stderr not in (None, "") else ""
     units = ", ".join(r["active_units_per_layer"] for r in rows)
-    return f"{nll:.2f} ({units})" + (f" [n={len(rows)}]" if len(rows) > 1 else "")
+    return f"{nll:.2f}{spread} ({units})" + (f" [n={len(rows)}]" if len(rows) > 1 else "")
+
+
+def _paper_cell(value: tuple[float, str] | None) -> str:
+    if value is None:
+        return ""
+    nll, units = value
+    return f"{nll:.2f}" + (f" ({units})" if units else "")
+
+
+def _sections(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (dataset, binarization) pairs of the rows: one table, one figure panel each."""
+    return sorted({(r["data"], r["binarization"] or "") for r in rows})
+
+
+def _paper_objectives(rows: list[dict[str, Any]], data: str, binarization: str) -> list[str]:
+    """The objectives of this section for which the paper published a number of some row."""
+    return [
+        o
+        for o in _objectives(rows)
+        if any(
+            paper.paper_value(data, binarization, r["layers"], o, r["k"])
+            for r in rows
+            if (r["data"], r["binarization"] or "") == (data, binarization)
+        )
+    ]
 
 
 def table1_markdown(rows: list[dict[str, Any]]) -> str:
-    """The paper's Table 1 layout from the CSV rows: per dataset, rows (layers, k), one column
-    per objective, cells "test NLL (active units per layer)"."""
+    """The paper's Table 1 layout from the CSV rows: per dataset and binarization, rows
+    (layers, k), one column per objective, cells "test NLL ± standard error (active units)",
+    and the paper's numbers beside where the data is one the paper used."""
     cells: dict[tuple, list] = defaultdict(list)
     for r in rows:
-        cells[(r["data"], r["layers"], r["k"], r["objective"])].append(r)
+        cells[(r["data"], r["binarization"] or "", r["layers"], r["k"], r["objective"])].append(r)
     objectives = _objectives(rows)
     eval_ks = sorted({r["eval_k"] for r in rows})
     images = sorted({r["test_images"] for r in rows})
+    two_layers = any(r["layers"] > 1 for r in rows)
     lines = [
         f"Test NLL in nats (importance-sampled, k = {', '.join(map(str, eval_ks))}, "
-        f"on {', '.join(map(str, images))} test images); active units in brackets, "
-        "first layer + second layer.",
+        f"on {', '.join(map(str, images))} test images) ± one standard error over the test "
+        "images (over the seeds where a cell has n > 1 runs); active units in brackets"
+        + (", first layer + second layer in two-layer rows." if two_layers else ".")
     ]
-    for data in sorted({r["data"] for r in rows}):
-        lines += ["", f"**{data}**", ""]
-        lines.append("| layers | k | " + " | ".join(o.upper() for o in objectives) + " |")
-        lines.append("|---|---|" + "---|" * len(objectives))
-        for layers, k in sorted({(r["layers"], r["k"]) for r in rows if r["data"] == data}):
-            row = [_cell(cells[(data, layers, k, o)]) for o in objectives]
+    for data, binarization in _sections(rows):
+        published = _paper_objectives(rows, data, binarization)
+        lines += ["", f"**{data}**" + (f", {binarization} binarization" if binarization else "")]
+        lines.append("")
+        header = [o.upper() for o in objectives] + [f"{o.upper()} (paper)" for o in published]
+        lines.append("| layers | k | " + " | ".join(header) + " |")
+        lines.append("|---|---|" + "---|" * len(header))
+        section = {
+            (r["layers"], r["k"])
+            for r in rows
+            if (r["data"], r["binarization"] or "") == (data, binarization)
+        }
+        for layers, k in sorted(section):
+            row = [_cell(cells[(data, binarization, layers, k, o)]) for o in objectives]
+            row += [
+                _paper_cell(paper.paper_value(data, binarization, layers, o, k)) for o in published
+            ]
             lines.append(f"| {layers} | {k} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -191,15 +245,48 @@ def _panel(run: Run) -> str:
     return f"{data}, {layers} layer{'s' * (layers > 1)}"
 
 
-def nll_curves(rows: list[dict[str, Any]]) -> dict[str, dict[tuple[str, int], dict[int, float]]]:
-    """``{dataset: {(objective, layers): {k: mean test NLL}}}`` for `figures.nll_vs_k`."""
-    sums: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+def _title(data: str, binarization: str) -> str:
+    return f"{data}, {binarization}" if binarization else data
+
+
+Curves = dict[str, dict[tuple[str, int], dict[int, Any]]]
+
+
+def nll_curves(rows: list[dict[str, Any]]) -> Curves:
+    """``{dataset: {(objective, layers): {k: (mean test NLL, standard error)}}}`` for
+    `figures.nll_vs_k`: the error is the run's own over test images, or over the seeds of a
+    cell with several runs (as in the table)."""
+    cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
-        sums[r["data"]][(r["objective"], r["layers"])][r["k"]].append(r["test_nll"])
+        title = _title(r["data"], r["binarization"] or "")
+        cells[title][(r["objective"], r["layers"])][r["k"]].append(r)
     return {
-        data: {line: {k: sum(v) / len(v) for k, v in pts.items()} for line, pts in lines.items()}
-        for data, lines in sums.items()
+        title: {
+            line: {k: _mean_stderr(runs) for k, runs in points.items()}
+            for line, points in lines.items()
+        }
+        for title, lines in cells.items()
     }
+
+
+def _mean_stderr(rows: list[dict[str, Any]]) -> tuple[float, float | None]:
+    nlls = [r["test_nll"] for r in rows]
+    if len(nlls) > 1:
+        return sum(nlls) / len(nlls), statistics.stdev(nlls) / math.sqrt(len(nlls))
+    stderr = rows[0].get("test_nll_stderr")
+    return nlls[0], float(stderr) if stderr not in (None, "") else None
+
+
+def paper_curves(rows: list[dict[str, Any]]) -> Curves:
+    """The paper's NLLs at the (dataset, layers, objective, k) the rows trained, in the shape
+    of `nll_curves` without errors; empty for data the paper did not use."""
+    curves: dict = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        data, binarization = r["data"], r["binarization"] or ""
+        value = paper.paper_value(data, binarization, r["layers"], r["objective"], r["k"])
+        if value is not None:
+            curves[_title(data, binarization)][(r["objective"], r["layers"])][r["k"]] = value[0]
+    return {title: dict(lines) for title, lines in curves.items()}
 
 
 def learning_curve_data(runs: list[Run]) -> dict[str, dict[str, tuple[list, list]]]:
@@ -217,14 +304,36 @@ def learning_curve_data(runs: list[Run]) -> dict[str, dict[str, tuple[list, list
     return dict(panels)
 
 
-def best_runs(runs: list[Run]) -> list[Run]:
-    """Per (dataset, layers, objective) the run with the lowest test NLL: the figures' models."""
+def selection_basis(runs: list[Run]) -> str:
+    """How the figures pick "best" models: ``val`` (highest validation bound, which keeps the
+    test set out of the choice) when any run logged ``val/bound``, else ``test`` (lowest NLL)."""
+    return "val" if any(r.metrics.get("val/bound") is not None for r in runs) else "test"
+
+
+def _score(run: Run, basis: str) -> float:
+    """Higher is better: the validation bound, or minus the test NLL."""
+    if basis == "test":
+        return -run.metrics["test/nll"]
+    value = run.metrics.get("val/bound")
+    return -math.inf if value is None else value
+
+
+def best_runs(runs: list[Run], basis: str | None = None) -> list[Run]:
+    """Per (dataset, layers, objective) the best run by ``basis`` (`selection_basis` when
+    None): the models of the sample grids."""
+    basis = basis or selection_basis(runs)
     best: dict[tuple, Run] = {}
     for run in runs:
         cell = run.key[:3]
-        if cell not in best or run.metrics["test/nll"] < best[cell].metrics["test/nll"]:
+        if cell not in best or _score(run, basis) > _score(best[cell], basis):
             best[cell] = run
     return [best[c] for c in sorted(best, key=lambda c: (c[0], c[1], _objectives_rank(c[2])))]
+
+
+def best_run(runs: list[Run], basis: str | None = None) -> Run:
+    """The one model of the bound-vs-k figure: the best of all runs by ``basis``."""
+    basis = basis or selection_basis(runs)
+    return max(runs, key=lambda r: _score(r, basis))
 
 
 def _objectives_rank(objective: str) -> tuple[int, str]:
@@ -267,36 +376,53 @@ def bound_curve(
     return curve
 
 
+def _unit_variances(run: Run, loaded: Any, test: list, panels: dict) -> None:
+    """Add ``run``'s sorted unit variances, one panel per stochastic layer, to ``panels``."""
+    per_layer = run.metrics.get("test/unit_variances")
+    if per_layer is None:  # runs evaluated before unit variances were written
+        threshold = (run.config.get("eval") or {}).get("active_threshold", 0.01)
+        per_layer = [v.tolist() for v in active_units(loaded.model, test, threshold)[1]]
+    units = format_units(run.metrics.get("test/active_units_per_layer", []))
+    for layer, values in enumerate(per_layer, 1):
+        panels[f"{_panel(run)}: h{layer}"][f"{run.label} ({units})"] = values
+
+
+BASIS_WORDS = {"val": "best validation bound", "test": "lowest test NLL (no run logged val/bound)"}
+
+
 def checkpoint_figures(
     runs: list[Run], root: Path, ks: list[int], chunk_size: int, seed: int
 ) -> dict[str, Path]:
-    """Figures that need the trained models: unit variances, samples, bound vs k."""
+    """Figures that need the trained models: unit variances, samples, bound vs k (of the
+    best model by validation bound, `selection_basis`)."""
     from iwae.assembly import load_run
     from iwae.device import default_device
 
     runs = [r for r in runs if r.checkpoint() is not None]
     if not runs:
         return {}
-    chosen = best_runs(runs)
-    best = min(runs, key=lambda r: r.metrics["test/nll"])  # the bound-vs-k model
+    basis = selection_basis(runs)
+    chosen, best = best_runs(runs, basis), best_run(runs, basis)
+    if basis == "test":
+        print(
+            "bound_vs_k.png, samples_reconstructions.png: no run logged val/bound, so the best "
+            "model is the one with the lowest test NLL"
+        )
     variances: dict = defaultdict(dict)
     grids, curve = {}, []
     for run in runs:
         loaded = load_run(run.checkpoint(), default_device())  # k=5000 curves: on the GPU
         test = loaded.test_batches()
-        per_layer = run.metrics.get("test/unit_variances")
-        if per_layer is None:  # runs evaluated before unit variances were written
-            threshold = (run.config.get("eval") or {}).get("active_threshold", 0.01)
-            per_layer = [v.tolist() for v in active_units(loaded.model, test, threshold)[1]]
-        units = format_units(run.metrics.get("test/active_units_per_layer", []))
-        for layer, values in enumerate(per_layer, 1):
-            variances[f"{_panel(run)}: h{layer}"][f"{run.label} ({units})"] = values
+        _unit_variances(run, loaded, test, variances)
         if run in chosen:
             title = f"{run.label}, {_panel(run)}: data / reconstructions / samples"
             grids[title] = sample_grid(loaded.model, test[0], loaded.datamodule.image_shape)
         if run is best:
             curve = bound_curve(best, ks, chunk_size, seed, loaded)
-    title = f"{best.label}, {_panel(best)} ({best.path.relative_to(root.parent)})"
+    title = (
+        f"{best.label}, {_panel(best)} ({best.path.relative_to(root.parent)}),\n"
+        f"the model with the {BASIS_WORDS[basis]}"
+    )
     return {
         "unit_variances": figures.unit_variances(variances, root / "unit_variances.png"),
         "samples_reconstructions": figures.image_grids(grids, root / "samples_reconstructions.png"),
@@ -304,8 +430,20 @@ def checkpoint_figures(
     }
 
 
+def wandb_group(runs: list[Run], root: Path) -> str:
+    """The runs' W&B group, so that the report sits beside them: the group their resolved
+    config names, else the sweep's name from its directory, as `iwae.resolvers.sweep_group`
+    derives it when the config was saved unresolved (Hydra's own ``.hydra/config.yaml``)."""
+    for run in runs:
+        group = ((run.config.get("logger") or {}).get("wandb") or {}).get("group")
+        if isinstance(group, str) and group and "${" not in group:
+            return group
+    return sweep_name(root)
+
+
 def log_to_wandb(runs: list[Run], root: Path, rows: list[dict], paths: dict[str, Path]) -> bool:
-    """Log the table and figures to a W&B run of their own when the runs used W&B."""
+    """Log the table and figures to a W&B run of their own, in the runs' group, when the runs
+    used W&B."""
     loggers = [r.config.get("logger") or {} for r in runs]
     cfg = next((lg["wandb"] for lg in loggers if lg.get("wandb")), None)
     if cfg is None:
@@ -317,6 +455,7 @@ def log_to_wandb(runs: list[Run], root: Path, rows: list[dict], paths: dict[str,
         save_dir=str(root),
         offline=bool(cfg.get("offline", False)),
         name=f"report-{root.name}",
+        group=wandb_group(runs, root),
         job_type="report",
     )
     for name, path in paths.items():
@@ -330,6 +469,10 @@ def log_to_wandb(runs: list[Run], root: Path, rows: list[dict], paths: dict[str,
     return True
 
 
+NO_CSV_LOG = "not drawn: no run has a CSV log (logger=csv or 'logger=[csv,wandb]')"
+NO_CHECKPOINT = "not drawn: no run has checkpoints/last.ckpt"
+
+
 def report(
     root: str | Path,
     ks: list[int] | None = None,
@@ -337,7 +480,8 @@ def report(
     seed: int = 0,
     checkpoints: bool = True,
 ) -> dict[str, Path]:
-    """Write ``table1.md``, ``table1.csv`` and the figures into ``root``; return their paths.
+    """Write ``table1.md``, ``table1.csv``, the figures and ``report.html`` into ``root``;
+    return their paths. Print one line for each figure not drawn, saying why.
 
     ``ks``: the k of the bound-vs-k figure (default 1, 5, 50, 500, 5000); ``checkpoints=False``
     draws only what metrics.json and the CSV logs hold (no model is loaded).
@@ -348,17 +492,39 @@ def report(
         raise SystemExit(f"error: no metrics.json with test/nll under {root}")
     rows = csv_rows(runs, root)
     paths = {"table1_csv": write_csv(rows, root / "table1.csv")}
+    table = table1_markdown(rows)
     paths["table1_md"] = root / "table1.md"
-    paths["table1_md"].write_text(table1_markdown(rows))
-    paths["nll_vs_k"] = figures.nll_vs_k(nll_curves(rows), root / "nll_vs_k.png")
+    paths["table1_md"].write_text(table)
+    paths["nll_vs_k"] = figures.nll_vs_k(
+        nll_curves(rows), root / "nll_vs_k.png", paper_curves(rows)
+    )
+    notes = {}
     curves = learning_curve_data(runs)
     if curves:
         paths["learning_curves"] = figures.learning_curves(curves, root / "learning_curves.png")
+    else:
+        notes["learning_curves"] = NO_CSV_LOG
     if checkpoints:
         paths.update(checkpoint_figures(runs, root, list(ks or BOUND_KS), chunk_size, seed))
+    for name in ("bound_vs_k", "unit_variances", "samples_reconstructions"):
+        if name not in paths:
+            notes[name] = NO_CHECKPOINT if checkpoints else "not drawn: --no-checkpoints"
+    for name, why in notes.items():
+        print(f"{name}.png: {why}")
     figures_only = {k: v for k, v in paths.items() if v.suffix == ".png"}
+    paths["report_html"] = html.write_report(root, table, figures_only, notes, sample_pngs(runs))
     log_to_wandb(runs, root, rows, figures_only)
     return paths
+
+
+def sample_pngs(runs: list[Run], most: int = 12) -> dict[str, Path]:
+    """Each run's ``samples.png`` by its label, or only the best runs' when there are many."""
+    chosen = runs if len(runs) <= most else best_runs(runs)
+    pngs = {}
+    for run in chosen:
+        if (run.path / "samples.png").is_file():
+            pngs[f"{run.label}, {_panel(run)} ({run.path.name})"] = run.path / "samples.png"
+    return pngs
 
 
 def main(argv: list[str] | None = None) -> None:
