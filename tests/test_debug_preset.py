@@ -72,6 +72,15 @@ def test_debug_fdr_and_debug_sweeps_use_the_throwaway_dir(tmp_path, monkeypatch)
     assert cfg.trainer.fast_dev_run is True
     assert cfg.eval.k == 10 and not cfg.logger  # inherited from debug=default
     # a sweep with a debug preset (-m) goes to the throwaway directory too, as does a run
-    for key in ("hydra.run.dir", "hydra.sweep.dir"):
-        path = OmegaConf.select(cfg, key)
-        assert path.startswith(f"{tmp_path}/iwae-debug/"), (key, path)
+    assert cfg.hydra.run.dir.startswith(f"{tmp_path}/iwae-debug/runs/")
+    assert cfg.hydra.sweep.dir.startswith(f"{tmp_path}/iwae-debug/multirun/")
+
+
+def test_debug_applies_on_top_of_an_experiment(monkeypatch):
+    monkeypatch.delenv("TMPDIR", raising=False)  # unset: /tmp
+    # table1_small sets logger=csv and eval.k=5000; debug comes later in the defaults list
+    cfg = _compose_with_hydra(["experiment=table1_small", "debug=default"])
+    assert cfg.hydra.runtime.choices.logger == "none" and not cfg.logger
+    assert cfg.eval.k == 10 and cfg.trainer.limit_train_batches == 5
+    assert cfg.hydra.run.dir.startswith("/tmp/iwae-debug/runs/")
+    assert cfg.hydra.sweep.dir.startswith("/tmp/iwae-debug/multirun/")
