@@ -143,6 +143,8 @@ def _launch(
     returns = []
     for member, ret in prepared:
         ret.status = JobStatus.COMPLETED
-        ret.return_value = (results[member.job] or {}).get("test/nll")
+        ret.return_value = (  # -val/bound, as train.py returns: a sweeper never sees test
+            None if (val := (results[member.job] or {}).get("val/bound")) is None else -val
+        )
         returns.append(ret)
     return returns
