@@ -111,6 +111,8 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
                 first = message.strip().splitlines()[0]
                 if first.startswith("Could not append"):  # +key=value for an existing key
                     first += " Drop the + to change its value"
+                if "hydra/sweeper/optuna" in first:  # hparams_search=... without the plugin
+                    first += "; install the Optuna sweeper: pip install -e '.[search]'"
                 return first
             key = match.group(1)
             others = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]

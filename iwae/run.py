@@ -66,7 +66,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     # fast_dev_run is Lightning's smoke test (no logger, no checkpoint): a model one step old
     # gets no k=5000 evaluation and writes no metrics.json that a report would read as a result.
     if trainer.fast_dev_run:
-        print(format_results(metrics))
+        print(format_results(metrics, output_dir, time.perf_counter() - started))
         return metrics
     if cfg.eval.enabled:
         metrics.update(test_metrics(module.model, datamodule.test_dataloader(), cfg.eval))
