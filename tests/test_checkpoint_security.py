@@ -145,13 +145,15 @@ def test_checkpoint_and_metrics_writes_survive_sigkill(tmp_path):
 
     write(0)
     interrupted = 0
-    for _ in range(5):
+    for _ in range(20):  # until two kills landed mid-write: on a loaded machine one in 5 may
         _kill_writer_mid_write(write, rng.uniform(0.2, 1.5))
         interrupted += any(p.suffix == ".tmp" for p in tmp_path.rglob(".*"))
         checkpoint = load_checkpoint(ckpt)  # a complete file, whichever step it holds
         assert torch.equal(checkpoint["state_dict"]["w"], weights)
         saved = json.loads(metrics.read_text())
         assert saved["values"] == [saved["step"]] * 50_000
+        if interrupted >= 2:
+            break
     assert interrupted, "no kill landed during a write: the test did not test anything"
     write(1)  # the next save clears the temp files killed writes left behind
     assert not list(ckpt.parent.glob(".*.tmp"))
