@@ -125,6 +125,37 @@ class MinibatchIterable:
         self._started = self._restored = True
 
 
+class MinibatchGroups:
+    """``size`` consecutive minibatches of a `MinibatchIterable` per item, as a list: what a
+    training step that takes several optimizer steps consumes (``steps_per_batch``).
+
+    The minibatches, their order and their binarization are the inner iterable's, so a run's
+    data do not depend on the grouping, and the state to resume from is the inner one's
+    (epoch, minibatches done). An epoch's last item holds the minibatches that are left.
+    """
+
+    def __init__(self, inner: MinibatchIterable, size: int) -> None:
+        self.inner, self.size = inner, size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.inner) / self.size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps (minibatches) in an epoch."""
+        return len(self.inner)
+
+    def __iter__(self):
+        group: list[Tensor] = []
+        for x in self.inner:  # one iteration of the inner iterable per epoch, as without groups
+            group.append(x)
+            if len(group) == self.size:
+                yield group
+                group = []
+        if group:
+            yield group
+
+
 class BinarizedDataModule(pl.LightningDataModule):
     """Base class: subclasses implement `load_splits`; this class validates, binarizes and
     serves the data.
@@ -138,9 +169,14 @@ class BinarizedDataModule(pl.LightningDataModule):
             ``seed`` so that every run is evaluated on the same binary images.
         eval_batch_size: images per evaluation batch.
         resample_eval: the paper's alternative: re-sample val/test binarization at every pass.
+
+    ``steps_per_batch`` (set by the training run from the top-level key of that name): the
+    training loader yields lists of that many minibatches (`MinibatchGroups`), one Lightning
+    batch for several optimizer steps.
     """
 
     name = "data"
+    steps_per_batch = 1
 
     def __init__(
         self,
@@ -215,7 +251,7 @@ class BinarizedDataModule(pl.LightningDataModule):
     def dynamic(self) -> bool:
         return self.binarization == "dynamic" and not self.prepare().prebinarized
 
-    def train_dataloader(self) -> MinibatchIterable:
+    def train_dataloader(self) -> MinibatchIterable | MinibatchGroups:
         if self._train is None:
             trainer = getattr(self, "trainer", None)
             rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
@@ -224,6 +260,8 @@ class BinarizedDataModule(pl.LightningDataModule):
             )
             if self._pending_state is not None:
                 self._train.load_state_dict(self._pending_state)
+        if self.steps_per_batch > 1:
+            return MinibatchGroups(self._train, self.steps_per_batch)
         return self._train
 
     def _eval_loader(self, x: Tensor, seed: int) -> MinibatchIterable:

@@ -61,6 +61,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> IWAEModule:
         log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),
         config=OmegaConf.to_container(cfg, resolve=True),
         hparams=run_config(cfg, hydra_choices()),
+        steps_per_batch=datamodule.steps_per_batch,
     )
 
 

@@ -146,6 +146,7 @@ def check_run_values(cfg: DictConfig) -> Any:
         check_arguments(group, cfg[group])
     objective, _ = build(cfg.objective), build(cfg.schedule)
     datamodule = build(cfg.data)
+    datamodule.steps_per_batch = check_steps_per_batch(cfg)
     datamodule.prepare()
     n_train = len(datamodule.splits.train)
     if datamodule.batch_size > n_train:
@@ -166,6 +167,30 @@ def check_top_level(cfg: DictConfig) -> None:
     check_optional_int("threads", cfg.get("threads"), meaning=" (null: a share of the cores)")
     check_bool("resume", cfg.get("resume", False))
     check_accelerator((cfg.get("trainer") or {}).get("accelerator", "auto"))
+
+
+def check_steps_per_batch(cfg: DictConfig) -> int:
+    """``steps_per_batch``, and no setting that counts Lightning batches as optimizer steps."""
+    steps = check_positive_int("steps_per_batch", cfg.get("steps_per_batch", 1))
+    if steps == 1:
+        return steps
+    trainer = cfg.get("trainer") or {}
+    clashes = {
+        "trainer.gradient_clip_val": trainer.get("gradient_clip_val") not in (None, 0, 0.0),
+        "trainer.accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1) != 1,
+        "trainer.val_check_interval": isinstance(trainer.get("val_check_interval"), int),
+        "trainer.max_steps": trainer.get("max_steps") not in (None, -1),
+    }
+    for name, node in (cfg.get("callbacks") or {}).items():
+        every = (node or {}).get("every_n_train_steps")
+        clashes[f"callbacks.{name}.every_n_train_steps"] = bool(every)
+    for key, clash in clashes.items():
+        if clash:
+            raise UserError(
+                f"{key} counts or cuts Lightning batches, which hold {steps} optimizer steps "
+                f"with steps_per_batch={steps}; drop {key} or set steps_per_batch=1"
+            )
+    return steps
 
 
 def check_eval_values(evaluation: DictConfig, mode: str = "train") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,11 @@ class IWAEModule(pl.LightningModule):
             every one of the paper's ten million steps costs more than the step itself.
         config: the run's resolved config, stored in every checkpoint so it can be rebuilt.
         hparams: what the loggers record as the run's config (`iwae.loggers.run_config`).
+        steps_per_batch: optimizer steps per Lightning batch (the DataModule then yields lists
+            of that many minibatches). Lightning's work around a batch (hooks, progress,
+            logging) costs about as much as a whole step at k <= 5 on a CPU (README,
+            Performance); with S steps per batch it is paid once per S steps. The steps, their
+            data and their random numbers are the same as with one step per batch.
     """
 
     def __init__(
@@ -42,8 +48,12 @@ class IWAEModule(pl.LightningModule):
         log_every_n_steps: int = 50,
         config: dict | None = None,
         hparams: dict | None = None,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
+        self.steps_per_batch = steps_per_batch
+        # several steps per batch are taken by hand (Lightning's manual optimization)
+        self.automatic_optimization = steps_per_batch == 1
         if hparams:  # Lightning hands them to every logger when fit starts (W&B's run config)
             self.save_hyperparameters(hparams)
         self.model, self.objective = model, objective
@@ -52,13 +62,50 @@ class IWAEModule(pl.LightningModule):
         self.log_every_n_steps = max(1, log_every_n_steps)
         self.config = config
 
-    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+    def training_step(self, x: Tensor | list[Tensor], batch_idx: int) -> Tensor | None:
+        if not self.automatic_optimization:
+            return self._several_steps(x)
         out = self.objective(self.model, x)
         if self.global_step % self.log_every_n_steps == 0:
             # Not on the progress bar: Lightning re-reads a bar value from the device at every
             # later step (.item()), a host sync per step on a GPU.
             self.log("train/bound", out.bound.mean(), batch_size=x.shape[0])
         return out.loss
+
+    def _several_steps(self, minibatches: list[Tensor]) -> None:
+        """One optimizer step per minibatch, exactly as Lightning's automatic optimization
+        takes it (zero_grad, backward, step, with the same hooks: the non-finite guard masks
+        the update on the device), and the learning rate of the epoch."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        while scheduler.last_epoch < self.current_epoch:  # Lightning steps it only by itself
+            scheduler.step()
+        done = 0  # trainer.max_steps is refused (it would cut a batch): every minibatch is a step
+        for x in minibatches:
+            step = self.global_step
+            out = self.objective(self.model, x)
+            optimizer.zero_grad()
+            self.manual_backward(out.loss)
+            optimizer.step()
+            done += 1
+            if step % self.log_every_n_steps == 0:
+                self._log_train_bound(out.bound.mean(), step)
+        # Lightning counts logging steps per batch ("_batches_that_stepped", checkpointed with
+        # the loop); count optimizer steps, as with one step per batch, so that val/bound and
+        # train/bound share one step axis.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += max(0, done - 1)
+
+    def setup(self, stage: str) -> None:
+        if not self.automatic_optimization:  # train/bound is logged every n optimizer steps
+            warnings.filterwarnings("ignore", message=r"The number of training batches .* is sma")
+
+    def _log_train_bound(self, bound: Tensor, step: int) -> None:
+        """``train/bound`` to the loggers at optimizer step ``step`` (Lightning's ``self.log``
+        flushes once per batch); the one host read, on logging steps only."""
+        if not self.trainer.is_global_zero or not self.loggers:
+            return
+        metrics = {"train/bound": float(bound), "epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def on_train_epoch_start(self) -> None:
         # A staged objective (vae_to_iwae, Table 2) picks its stage from the epoch.

@@ -85,11 +85,13 @@ class NonFiniteGuard(Callback):
         self._slots: torch.Tensor | None = None  # arange(1 + P)
         # cached at the start of training: ``parameters()`` walks every submodule, each step
         self._params: list[torch.nn.Parameter] | None = None
+        self._next_read = 0  # the global step at or after which the flags are read back
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.every = self.every or max(1, trainer.log_every_n_steps)
         device = pl_module.device
         self._params = list(pl_module.parameters())
+        self._next_read = trainer.global_step + self.every - trainer.global_step % self.every
         self._first = torch.tensor(NONE, device=device)
         self._count = torch.tensor(self.skipped, device=device)
         self._slots = torch.arange(1 + len(self._params), device=device)
@@ -129,7 +131,9 @@ class NonFiniteGuard(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        if self._first is not None and trainer.global_step % self.every == 0:
+        # >=, not ==: with steps_per_batch > 1 a batch ends every few optimizer steps
+        if self._first is not None and trainer.global_step >= self._next_read:
+            self._next_read = trainer.global_step + self.every - trainer.global_step % self.every
             self._read_back(trainer, pl_module, log_count=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -146,8 +150,9 @@ class NonFiniteGuard(Callback):
             return
         step, what = divmod(first, len(self._slots))
         what -= 1  # -1: the loss (LOSS), else a gradient
-        # every epoch has the same number of steps (one optimizer step per batch)
-        epoch = step // max(1, int(trainer.num_training_batches))
+        # every epoch has the same number of steps (one per minibatch, whatever the grouping)
+        per_epoch = getattr(trainer.train_dataloader, "steps_per_epoch", None)
+        epoch = step // max(1, int(per_epoch or trainer.num_training_batches))
         quantity = "loss" if what == LOSS else f"gradient of {_grad_name(pl_module, what)}"
         if self.action == "skip":
             self.skipped = skipped

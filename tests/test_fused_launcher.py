@@ -90,6 +90,7 @@ def test_bad_input_ends_in_one_line(tmp_path: Path) -> None:
     line = _fails(["model=one_layer,two_layer", "hydra.launcher.single_group=true"], tmp_path)
     assert "single_group=true" in line and "model" in line
     assert "MIWAE" in _fails(["objective=iwae,miwae"], tmp_path)
+    assert "steps_per_batch=4: drop it" in _fails(["steps_per_batch=4"], tmp_path)
     if not torch.cuda.is_available():
         assert "trainer.accelerator=gpu" in _fails(["trainer.accelerator=gpu"], tmp_path)
 

@@ -82,3 +82,25 @@ def test_no_read_back_between_logging_steps(tmp_path, progress_bar):
     assert sum(counter.reads.values()) > 0, "the counter saw nothing: is it installed?"
     between = {b: n for b, n in counter.reads.items() if 2 <= b <= 37}
     assert between == {}, f"device reads in training steps (batch: count): {between}"
+
+
+def test_no_read_back_between_logging_steps_with_several_steps_per_batch(tmp_path):
+    """The same with 4 optimizer steps a batch (10 batches): train/bound is read back only at
+    the logging steps (0 and 50: batch 0 here), so no batch in between reads anything."""
+    overrides = [
+        "logger=csv",
+        "data.split=[800,50,50]",
+        "schedule.epochs=1",
+        "eval.enabled=false",
+        "eval.val_k=5",
+        "trainer.log_every_n_steps=50",
+        "trainer.enable_progress_bar=false",
+        "steps_per_batch=4",
+        "+callbacks.sync_counter._target_=tests.test_host_sync.SyncCounter",
+    ]
+    SyncCounter.instances.clear()
+    train(compose_config(overrides, tmp_path), tmp_path)
+    counter = SyncCounter.instances[-1]
+    assert counter.reads[0] > 0, "step 0 logs train/bound: its batch reads it back"
+    between = {b: n for b, n in counter.reads.items() if 1 <= b <= 8}
+    assert between == {}, f"device reads in training batches (batch: count): {between}"

@@ -138,6 +138,11 @@ def check_member(member: Member) -> None:
                 f"hydra/launcher=fused starts each group afresh or resumes it (resume=true); "
                 f"{member.label} sets {key}: use the default launcher"
             )
+    if cfg.get("steps_per_batch", 1) != 1:
+        raise UserError(
+            f"hydra/launcher=fused has its own loop, without Lightning's per-batch work; "
+            f"{member.label} sets steps_per_batch={cfg.steps_per_batch}: drop it"
+        )
     trainer = cfg.trainer
     if trainer.get("devices", 1) not in (1, "auto") or trainer.get("num_nodes", 1) != 1:
         raise UserError(
