@@ -51,6 +51,7 @@ SIDES = (
     "framework_no_lightning",
     "framework_no_guard",
     "framework_no_callbacks",
+    "framework_steps10",
 )
 # Diagnostic variants of the framework side: the same Trainer.fit with these extra overrides.
 # no_guard: what the non-finite guard costs; no_callbacks: what the project's callbacks cost
@@ -62,6 +63,8 @@ VARIANTS = {
         *("callbacks.nonfinite=null", "callbacks.preemption=null"),
         "+trainer.enable_checkpointing=false",
     ],
+    # ten optimizer steps per Lightning batch: Lightning's per-batch work once per ten steps
+    "framework_steps10": ["steps_per_batch=10"],
 }
 
 
@@ -87,13 +90,21 @@ def compose_config(model: str, k: int, extra: Sequence[str], output_dir: str) ->
 
 
 class StepTimer(pl.Callback):
-    """Records the wall time at the end of every training batch (after the optimizer step)."""
+    """Records the wall time and the optimizer steps done at the end of every training batch
+    (a batch is several steps with ``steps_per_batch``)."""
 
     def __init__(self) -> None:
         self.ends: list[float] = []
+        self.steps: list[int] = []
 
-    def on_train_batch_end(self, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         self.ends.append(time.perf_counter())
+        self.steps.append(trainer.global_step)
+
+    def per_step(self, warmup: int) -> float:
+        """Seconds per optimizer step from the first batch end at or after ``warmup`` steps."""
+        first = next(i for i, s in enumerate(self.steps) if s >= warmup)
+        return (self.ends[-1] - self.ends[first]) / (self.steps[-1] - self.steps[first])
 
 
 def per_step(ends: Sequence[float], warmup: int) -> float:
@@ -108,6 +119,7 @@ class FrameworkSide:
         self.cfg = compose_config(model, k, extra, workdir)
         self.workdir = Path(workdir)
         self.datamodule = build(self.cfg.data)
+        self.datamodule.steps_per_batch = self.cfg.get("steps_per_batch", 1)
         self.datamodule.prepare()
         self.module = build_module(self.cfg, self.datamodule)
 
@@ -119,7 +131,7 @@ class FrameworkSide:
         trainer.callbacks.append(timer)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             trainer.fit(self.module, datamodule=self.datamodule)
-        return per_step(timer.ends, warmup)
+        return timer.per_step(warmup)
 
 
 class ReferenceSide:
@@ -242,6 +254,10 @@ def measure(
         if name != "framework":
             ratios = [f / r for f, r in zip(times["framework"], times[name])]
             row[f"ratio_{name}"] = median(ratios)
+    for name in VARIANTS:  # a variant against the plain loop, as the framework is
+        if name in times and "reference" in times:
+            ratios = [v / r for v, r in zip(times[name], times["reference"])]
+            row[f"ratio_{name}_to_reference"] = median(ratios)
     row["times_s"] = times
     return row
 
@@ -300,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("ratio_reference_novalidate", "fw/ref(no val.)"),
         ("framework_no_lightning_ms", "no-Lightning ms"),
         ("ratio_framework_no_lightning", "fw/no-Lightning"),
+        ("framework_steps10_ms", "fw 10 steps/batch ms"),
+        ("ratio_framework_steps10_to_reference", "fw10/ref"),
         ("framework_gflops", "GFLOP/s"),
         ("fraction_of_matmul", "of matmul"),
     ]
