@@ -5,7 +5,7 @@ exp(linear) in the output of a tanh MLP; the prior is N(0, I); the output is Ber
 
 Log densities are written out by hand rather than through ``torch.distributions``: at batch
 size 20 the distribution objects' construction and argument checks cost more than the
-arithmetic. ``tests/test_model.py`` checks every density against ``torch.distributions``.
+arithmetic. ``tests/test_foundation_model.py`` checks every density against ``torch.distributions``.
 """
 
 from __future__ import annotations

@@ -15,21 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from iwae.assembly import build, build_module
+from iwae.assembly import build
 from iwae.cli import CONF_DIR, check_overrides
 from iwae.config_check import check_override_keys, check_run_values
 from iwae.errors import UserError
 from iwae.run import train
-from tests.conftest import compose_config
-from tests.reliability_helpers import run_train
+from tests.helpers import (
+    FAST,
+    compose_config,
+    no_wandb_env,
+    run_train,
+    save_untrained_checkpoint,
+)
 
-FAST = [
-    "logger=none",
-    "schedule.epochs=1",
-    "eval.k=5",
-    "eval.val_k=2",
-    "trainer.enable_progress_bar=false",
-]
 NO_RESULT = ("metrics.json", "checkpoints", "samples.png")
 
 
@@ -53,15 +51,6 @@ def npz_dir(tmp_path_factory) -> Path:
     blob = (root / "one_layer.ckpt").read_bytes()
     (root / "truncated.ckpt").write_bytes(blob[: len(blob) // 3])
     return root
-
-
-def save_untrained_checkpoint(path: Path, overrides: list[str]) -> None:
-    """A checkpoint with the layout train.py writes (state_dict + iwae_config), untrained."""
-    cfg = compose_config([*FAST, *overrides], path.parent)
-    datamodule = build(cfg.data)
-    datamodule.prepare()
-    module = build_module(cfg, datamodule)
-    torch.save({"state_dict": module.state_dict(), "iwae_config": module.config}, path)
 
 
 def npz(name: str, root: Path) -> list[str]:
@@ -169,7 +158,7 @@ def test_good_overrides_and_sweeps_pass(argv):
 
 
 def run_and_check(args: list[str], expected: str, run_dir: Path) -> None:
-    proc = run_train(args, run_dir)
+    proc = run_train(args, run_dir=run_dir, env=no_wandb_env(), check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert lines[-1].startswith("error: ") and expected in lines[-1], proc.stderr[-2000:]

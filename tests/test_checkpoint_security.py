@@ -26,7 +26,13 @@ from iwae.checkpointing import AtomicCheckpointIO, load_checkpoint
 from iwae.errors import UserError
 from iwae.outputs import write_json_atomic
 from iwae.run import train
-from tests.conftest import ROOT, compose_config
+from tests.helpers import (
+    ROOT,
+    compose_config,
+    no_wandb_env,
+    run_train,
+    save_untrained_checkpoint,
+)
 
 MARKER_NAME = "pwned"
 
@@ -167,8 +173,6 @@ GROUPS = ("model", "objective", "data", "schedule", "optimizer")
 @pytest.fixture(scope="module")
 def genuine(tmp_path_factory) -> dict:
     """A checkpoint as train.py writes it (weights + resolved iwae_config), as a dict."""
-    from tests.test_bad_input import save_untrained_checkpoint
-
     path = tmp_path_factory.mktemp("genuine") / "run.ckpt"
     save_untrained_checkpoint(path, [])
     return torch.load(path, weights_only=True)
@@ -232,13 +236,12 @@ def test_loaders_refuse_a_stored_config_that_calls_other_code(case, genuine, tmp
 
 
 def test_mode_eval_refuses_a_crafted_config_in_one_line(genuine, tmp_path):
-    from tests.reliability_helpers import run_train
-
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     truncate = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
     path = _crafted(genuine, tmp_path, "model", truncate)
-    proc = run_train(["mode=eval", f"ckpt_path={path}", "logger=none"], tmp_path / "run")
+    args = ["mode=eval", f"ckpt_path={path}", "logger=none"]
+    proc = run_train(args, run_dir=tmp_path / "run", env=no_wandb_env(), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: refused to rebuild")
     assert victim.read_text() == "precious" and not (tmp_path / "run" / "metrics.json").exists()

@@ -14,13 +14,8 @@ from hydra.utils import instantiate
 import datamodules
 from datamodules import FolderDataModule, MNISTDataModule, NpzDataModule
 from iwae.errors import UserError
+from tests.helpers import CONF_DIR, write_idx
 
-try:  # tests/ is a package (tests/__init__.py) or a plain directory on sys.path
-    from tests.test_data_formats import write_idx
-except ImportError:
-    from test_data_formats import write_idx
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 N = 40  # images in the tiny pool
 
 

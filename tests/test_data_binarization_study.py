@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
-
 from iwae.reports.binarization import main as study_main
 from iwae.run import train
+from tests.helpers import compose_config
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-TINY = [
+# The study shrunk: 100 training digits, one epoch, a small evaluation.
+SHRUNK = [
     "data.split=[100,40,60]",
     "schedule.epochs=1",
     "eval.k=8",
@@ -23,10 +21,7 @@ TINY = [
 
 def run(tmp_path: Path, name: str, binarization: str) -> dict:
     overrides = ["experiment=binarization_study_digits", f"data.binarization={binarization}"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, *TINY])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / name)
+    cfg = compose_config([*overrides, *SHRUNK], tmp_path / name)
     (tmp_path / name).mkdir()
     return train(cfg, tmp_path / name)
 

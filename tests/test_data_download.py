@@ -24,11 +24,7 @@ from datamodules import (
 from datamodules.download import RemoteFile, fetch
 from datamodules.formats import read_idx_images
 from iwae.errors import UserError
-
-try:  # tests/ is a package (tests/__init__.py) or a plain directory on sys.path
-    from tests.test_data_formats import asymmetric_digit, write_amat, write_chardata, write_idx
-except ImportError:
-    from test_data_formats import asymmetric_digit, write_amat, write_chardata, write_idx
+from tests.helpers import asymmetric_digit, write_amat, write_chardata, write_idx
 
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")
 

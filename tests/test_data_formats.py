@@ -7,7 +7,6 @@ The writers below (``write_idx``, ``write_amat``, ``write_chardata``) are import
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -24,44 +23,14 @@ from datamodules.formats import (
     read_omniglot_mat,
 )
 from iwae.errors import UserError
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool | None = None) -> Path:
-    """An IDX file of uint8 ``array`` (gzipped when the name ends in .gz, or ``compress``)."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    if compress if compress is not None else path.suffix == ".gz":
-        data = gzip.compress(data)
-    path.write_bytes(data)
-    return path
-
-
-def write_amat(path: Path, binary: np.ndarray) -> Path:
-    """Larochelle's layout: one image a line, values separated by single spaces."""
-    lines = (" ".join(str(int(v)) for v in row) for row in binary)
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
-
-
-def write_chardata(path: Path, train: np.ndarray, test: np.ndarray) -> Path:
-    """``chardata.mat`` as the paper's authors stored it: each 28x28 image flattened in MATLAB's
-    column-major order, one image a column (``784 x N``)."""
-
-    def to_matlab(images: np.ndarray) -> np.ndarray:  # [N, 28, 28] row-major -> [784, N]
-        return images.reshape(len(images), 28, 28).reshape(len(images), 784, order="F").T
-
-    savemat(path, {"data": to_matlab(train), "testdata": to_matlab(test)})
-    return path
-
-
-def asymmetric_digit() -> np.ndarray:
-    """A 28x28 image that no transpose or flip maps onto itself: an 'L' in the top-left."""
-    image = np.zeros((28, 28), dtype=np.float32)
-    image[2:20, 3] = 1.0  # vertical bar: rows 2..19 of column 3
-    image[19, 3:12] = 1.0  # horizontal bar along row 19
-    image[0, 27] = 0.5  # one grey pixel top-right
-    return image
+from tests.helpers import (
+    TINY,
+    asymmetric_digit,
+    compose_config,
+    write_amat,
+    write_chardata,
+    write_idx,
+)
 
 
 # --- IDX ------------------------------------------------------------------------------------
@@ -243,17 +212,16 @@ def test_npz_that_is_text_or_holds_objects_never_suggests_unsafe_loading(tmp_pat
 
 # --- mode=eval scores the bytes a run was trained on ------------------------------------------
 @pytest.fixture
-def npz_run(tmp_path, monkeypatch, tiny_overrides) -> tuple[Path, Path]:
+def npz_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
     """A one-epoch run on ``images.npz`` given by a relative path; (checkpoint, data file)."""
     from iwae.run import train
-    from tests.conftest import compose_config
 
     rng = np.random.default_rng(0)
     data = tmp_path / "trained_here"
     data.mkdir()
     np.savez(data / "images.npz", all=rng.random((300, 6, 6), dtype=np.float32))
     monkeypatch.chdir(data)
-    overrides = [*tiny_overrides, "data=npz", "data.path=images.npz", "eval.enabled=false"]
+    overrides = [*TINY, "logger=none", "data=npz", "data.path=images.npz", "eval.enabled=false"]
     train(compose_config(overrides, tmp_path / "run"), tmp_path / "run")
     return tmp_path / "run" / "checkpoints" / "last.ckpt", data / "images.npz"
 
@@ -285,7 +253,6 @@ def test_eval_with_another_data_file_records_it_in_metrics(npz_run, tmp_path):
     import json
 
     from iwae.eval_checkpoint import evaluate_checkpoint
-    from tests.conftest import compose_config
 
     ckpt, data = npz_run
     other = tmp_path / "other.npz"

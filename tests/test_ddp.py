@@ -18,8 +18,7 @@ from iwae.assembly import load_run
 from iwae.config_check import check_ddp_launch
 from iwae.errors import UserError
 from iwae.run import train
-from tests.conftest import compose_config
-from tests.launch_helpers import TINY, run_train, wandb_run_files
+from tests.helpers import TINY, compose_config, run_train, wandb_run_files
 
 # Two epochs; binarization fixed so both runs see the same training images.
 SHARED = [*TINY, "schedule.epochs=2", "data.binarization=fixed"]

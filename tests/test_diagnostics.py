@@ -14,7 +14,7 @@ from torch import nn
 
 from iwae.diagnostics import GradientDiagnostics, gradient_snr
 from iwae.objectives import IWAE
-from tests.test_estimators import binary_images, small_model
+from tests.helpers import binary_images, small_model
 
 
 class KnownGradients(nn.Module):

@@ -12,33 +12,7 @@ from torch import Tensor, nn
 from iwae.errors import UserError
 from iwae.model import IWAEModel
 from iwae.objectives import CIWAE, IWAE, MIWAE, PIWAE, VAE, Objective
-
-ESTIMATORS = ("reparam", "stl", "dreg")
-
-
-def small_model(seed: int = 0, input_dim: int = 6) -> IWAEModel:
-    torch.manual_seed(seed)
-    model = IWAEModel(input_dim, latent_dims=[2], hidden_dims=[[4]]).double()
-    with torch.no_grad():  # larger weights than Glorot: a posterior q does not fit exactly
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p))
-    return model
-
-
-def binary_images(n: int, d: int = 6, seed: int = 0) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, d, generator=g, dtype=torch.float64) > 0.5).double()
-
-
-def grads(objective: Objective, model, x: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(bound [B], flat generative gradient, flat inference gradient) at noise ``seed``."""
-    torch.manual_seed(seed)
-    out = objective(model, x)
-    theta, phi = model.generative_parameters(), model.inference_parameters()
-    g = torch.autograd.grad(out.loss, theta + phi, allow_unused=True)
-    g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(theta + phi, g, strict=True)]
-    flat = [torch.cat([t.flatten() for t in part]) for part in (g[: len(theta)], g[len(theta) :])]
-    return out.bound, flat[0], flat[1]
+from tests.helpers import ESTIMATORS, binary_images, grads, small_model
 
 
 class ExactPosteriorToy(nn.Module):

@@ -14,16 +14,10 @@ from pytorch_lightning.callbacks import Callback
 from iwae.assembly import build, build_module, load_init_weights
 from iwae.errors import UserError
 from iwae.run import train
-from tests.conftest import compose_config
+from tests.helpers import TINY, compose_config
 
-# 200 training digits in minibatches of 20: 10 steps an epoch
-TINY = [
-    "logger=none",
-    "data.split=[200,50,50]",
-    "eval.k=10",
-    "eval.val_k=5",
-    "trainer.enable_progress_bar=false",
-]
+# TINY at the schedule's own length (table2_small's: its objective switches where it ends)
+RUN = [*(o for o in TINY if not o.startswith("schedule.")), "logger=none", "eval.k=10"]
 
 
 class StageRecorder(Callback):
@@ -40,7 +34,7 @@ def test_staged_run_switches_at_its_epoch_and_measures_the_model_there(tmp_path)
     StageRecorder.seen = []
     cfg = compose_config(
         [
-            *TINY,
+            *RUN,
             "experiment=table2_small",
             "k=3",
             "objective.switch_epoch=2",
@@ -76,7 +70,7 @@ def test_staged_run_switches_at_its_epoch_and_measures_the_model_there(tmp_path)
 def vae_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vae")
     cfg = compose_config(
-        [*TINY, "objective=vae", "k=1", "schedule.epochs=1", "eval.enabled=false"], out
+        [*RUN, "objective=vae", "k=1", "schedule.epochs=1", "eval.enabled=false"], out
     )
     train(cfg, out)
     return out / "checkpoints" / "last.ckpt"
@@ -84,7 +78,7 @@ def vae_checkpoint(tmp_path_factory) -> Path:
 
 def test_init_from_copies_the_weights_and_nothing_else(vae_checkpoint, tmp_path):
     saved = torch.load(vae_checkpoint, weights_only=True)
-    cfg = compose_config([*TINY, "objective=iwae", "k=2", "schedule.epochs=1"], tmp_path)
+    cfg = compose_config([*RUN, "objective=iwae", "k=2", "schedule.epochs=1"], tmp_path)
     datamodule = build(cfg.data)
     module = build_module(cfg, datamodule)
     load_init_weights(module, vae_checkpoint)
@@ -94,7 +88,7 @@ def test_init_from_copies_the_weights_and_nothing_else(vae_checkpoint, tmp_path)
     # a whole run: starts at epoch 0 with a fresh optimizer at the configured learning rate
     cfg = compose_config(
         [
-            *TINY,
+            *RUN,
             "objective=iwae",
             "k=2",
             "schedule.epochs=1",
@@ -115,7 +109,7 @@ def test_init_from_copies_the_weights_and_nothing_else(vae_checkpoint, tmp_path)
 
 def test_init_from_refuses_a_model_that_does_not_fit(vae_checkpoint, tmp_path):
     cfg = compose_config(
-        [*TINY, "model=two_layer", "schedule.epochs=1", f"init_from={vae_checkpoint}"], tmp_path
+        [*RUN, "model=two_layer", "schedule.epochs=1", f"init_from={vae_checkpoint}"], tmp_path
     )
     with pytest.raises(UserError, match="another architecture"):
         train(cfg, tmp_path)
@@ -126,7 +120,7 @@ def test_init_from_loads_weights_only(vae_checkpoint, tmp_path):
     ckpt["payload"] = pickle.loads(pickle.dumps(Path("/x")))  # an object, not plain data
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save(ckpt, unsafe)
-    cfg = compose_config([*TINY, "objective=vae", "k=1"], tmp_path)
+    cfg = compose_config([*RUN, "objective=vae", "k=1"], tmp_path)
     module = build_module(cfg, build(cfg.data))
     with pytest.raises(UserError, match="refused to load"):
         load_init_weights(module, unsafe)

@@ -9,7 +9,7 @@ from iwae.assembly import build
 from iwae.cli import check_overrides, group_options
 from iwae.errors import UserError
 from iwae.schedules import ConstantSchedule, PaperSchedule
-from tests.conftest import CONF_DIR, compose_config
+from tests.helpers import CONF_DIR, compose_config
 
 # Groups whose options are plain objects this test can build without side effects.
 BUILDABLE = ("data", "model", "objective", "optimizer", "schedule", "logger", "callbacks")
@@ -32,15 +32,15 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path):
         obj = instantiate(node, input_dim=784)
         assert sum(p.numel() for p in obj.parameters()) > 0
     elif group in ("logger", "callbacks"):
-        objs = [instantiate(n) for n in (node or {}).values()]
-        assert all(o is not None for o in objs)
+        for n in (node or {}).values():
+            instantiate(n)
     elif group == "optimizer":
         import torch
 
         opt = instantiate(node)([torch.nn.Parameter(torch.zeros(1))])
         assert isinstance(opt, torch.optim.Optimizer)
     else:
-        assert instantiate(node) is not None
+        instantiate(node)
 
 
 @pytest.mark.parametrize("option", group_options(CONF_DIR, "experiment"))

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from iwae.run import train
-from tests.conftest import ROOT, compose_config
+from tests.helpers import TINY, compose_config, no_wandb_env, run_train
 
-TINY = [
-    "logger=csv",
-    "data.split=[200,50,50]",
-    "schedule.epochs=2",
-    "eval.k=50",
-    "eval.val_k=5",
-    "trainer.enable_progress_bar=false",
-]
+RUN = [*TINY, "logger=csv", "schedule.epochs=2", "eval.k=50"]
 REQUIRED = {
     "test/nll",
     "eval/k",
@@ -30,13 +21,9 @@ REQUIRED = {
 }
 
 
-def run_train(args: list[str], tmp_path, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path}"]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
 def test_train_py_end_to_end(tmp_path):
-    proc = run_train(["objective=iwae", "k=3", "model=two_layer", *TINY], tmp_path)
+    args = ["objective=iwae", "k=3", "model=two_layer", *RUN]
+    proc = run_train(args, run_dir=tmp_path, timeout=240, env=no_wandb_env(), check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert REQUIRED <= metrics.keys()
@@ -58,7 +45,7 @@ def test_train_py_end_to_end(tmp_path):
 
 
 def test_in_process_run_is_reproducible(tmp_path):
-    overrides = ["objective=vae", "k=2", *TINY, "logger=none"]
+    overrides = ["objective=vae", "k=2", *RUN, "logger=none"]
     first = train(compose_config(overrides, tmp_path / "a"), _mkdir(tmp_path / "a"))
     second = train(compose_config(overrides, tmp_path / "b"), _mkdir(tmp_path / "b"))
     assert first["test/nll"] == second["test/nll"] and first["val/bound"] == second["val/bound"]
@@ -82,7 +69,7 @@ def _mkdir(path):
     ],
 )
 def test_bad_input_fails_with_one_line(args, expected, tmp_path):
-    proc = run_train([*args, *TINY], tmp_path)
+    proc = run_train([*args, *RUN], run_dir=tmp_path, timeout=240, env=no_wandb_env(), check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and expected in lines[-1], proc.stderr[-2000:]

@@ -15,16 +15,17 @@ from iwae.errors import UserError
 from iwae.fused.group import FusedGroup
 from iwae.fused.members import Member, check_member, group_members, training_device
 from iwae.fused.runs import train_group
-from tests.conftest import compose_config
+from tests.helpers import TINY, compose_config
 
-TINY = ["logger=none", "data.split=[200,50,50]", "schedule.epochs=3", "eval.k=20", "eval.val_k=5"]
+# 3 epochs, and the progress bar left at its default
+RUN = [*TINY, "logger=none", "schedule.epochs=3", "trainer.enable_progress_bar=null"]
 
 
 def _members(tmp_path: Path, jobs: list[list[str]]) -> list[Member]:
     members = []
     for job, overrides in enumerate(jobs):
         out = tmp_path / str(job)
-        cfg = compose_config([*TINY, *overrides], out)
+        cfg = compose_config([*RUN, *overrides], out)
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         members.append(Member(job, resolved, out, {"model": "one_layer"}, overrides))
     return members

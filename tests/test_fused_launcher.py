@@ -13,8 +13,8 @@ import torch
 
 from iwae.cli import CONF_DIR
 from iwae.config_check import check_override_keys
-from tests import launch_helpers as helpers
-from tests.launch_helpers import TINY, run_dirs, run_train
+from tests import helpers
+from tests.helpers import TINY, run_dirs, run_train
 
 SWEEP = ["objective=vae,iwae", "k=1,5", "schedule.epochs=2", "logger=csv", "threads=1"]
 

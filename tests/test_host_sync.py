@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from iwae.run import train
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 READ_BACK = torch.ops.aten._local_scalar_dense.default
 

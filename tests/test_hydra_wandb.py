@@ -16,7 +16,7 @@ from iwae.assembly import progress_bar_enabled
 from iwae.cli import CONF_DIR, check_overrides, hydra_overrides
 from iwae.config_check import check_override_keys
 from iwae.resolvers import register_resolvers
-from tests.launch_helpers import TINY, TRAIN, run_train, train_env, wandb_run_files
+from tests.helpers import TINY, TRAIN, run_train, train_env, wandb_run_files
 
 
 def precheck(argv: list[str]) -> str | None:

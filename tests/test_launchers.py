@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from iwae.device import set_torch_threads
 from iwae.resolvers import gpus_for, register_resolvers, run_id, sweep_name
 from iwae.resume import resume_requested
-from tests.launch_helpers import (
+from tests.helpers import (
     TINY,
     WANDB_GROUP,
     WANDB_TAG,

@@ -13,15 +13,14 @@ from pytorch_lightning.callbacks import Callback
 from iwae.errors import UserError
 from iwae.nonfinite import NonFiniteError
 from iwae.run import train
-from tests.conftest import compose_config
-from tests.reliability_helpers import DIGEST_BEFORE, TINY, file_digest
+from tests.helpers import DIGEST_BEFORE, TINY_CKPT, compose_config, file_digest
 
-SHORT = [*TINY, "schedule.epochs=2", "eval.enabled=false"]  # 20 steps, checkpoint every 4
+SHORT = [*TINY_CKPT, "schedule.epochs=2", "eval.enabled=false"]  # 20 steps, checkpoint every 4
 
 
 def inject(step: int, what: str) -> list[str]:
     return [
-        "+callbacks.fault._target_=tests.reliability_helpers.NonFiniteAt",
+        "+callbacks.fault._target_=tests.helpers.NonFiniteAt",
         f"+callbacks.fault.step={step}",
         f"+callbacks.fault.what={what}",
     ]

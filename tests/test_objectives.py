@@ -18,8 +18,7 @@ from iwae.objectives import (
     iwae_bound,
     miwae_bound,
 )
-from tests.conftest import compose_config
-from tests.test_estimators import ESTIMATORS, binary_images, grads, small_model
+from tests.helpers import ESTIMATORS, binary_images, compose_config, grads, small_model
 
 
 def assert_same(a, b) -> None:

@@ -29,7 +29,7 @@ from iwae.reports.table1 import (
     table1_markdown,
 )
 from iwae.run import train
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 EVAL = ["eval.k=20", "eval.chunk_size=7", "eval.seed=3"]
 TINY = [

@@ -18,7 +18,7 @@ from iwae.reports.reproduction import (
     paired_differences,
     read_csv,
 )
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 DOCS = ROOT / "docs" / "reproduction"
 

@@ -21,13 +21,15 @@ import torch
 from iwae.assembly import resolve_ckpt_path
 from iwae.errors import UserError
 from iwae.run import train
-from tests.conftest import ROOT, compose_config
-from tests.reliability_helpers import (
+from tests.helpers import (
     HOOKS,
-    TINY,
+    ROOT,
+    TINY_CKPT,
     assert_same_weights,
     comparable_metrics,
+    compose_config,
     final_weights,
+    no_wandb_env,
     read_metrics,
     reference_run,
     run_train,
@@ -35,7 +37,7 @@ from tests.reliability_helpers import (
     wait_for_checkpoint_write,
 )
 
-STEPS = 30  # 3 epochs of 10 steps (TINY)
+STEPS = 30  # 3 epochs of 10 steps (TINY_CKPT)
 
 
 def kill_seed() -> int:
@@ -61,7 +63,12 @@ def assert_matches_reference(run_dir: Path, reference) -> None:
 
 def kill_then_resume(run_dir: Path, step: int, hook: str) -> bool:
     """SIGKILL a run at ``step``; check what it left; True if it left a checkpoint."""
-    killed = run_train([*TINY, *signal_at(step, hook)], run_dir)
+    killed = run_train(
+        [*TINY_CKPT, *signal_at(step, hook)],
+        run_dir=run_dir,
+        env=no_wandb_env(),
+        check=False,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (run_dir / "metrics.json").exists()  # nothing that looks like a result
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -86,17 +93,19 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path, reference
     step, hook = rng.randrange(1, STEPS), rng.choice(HOOKS)
     print(f"RESUME_TEST_SEED={seed}: SIGKILL at step {step}, {hook}")
     had_checkpoint = kill_then_resume(tmp_path, step, hook)
-    resumed = run_train([*TINY, "resume=true"], tmp_path)
+    resumed = run_train(
+        [*TINY_CKPT, "resume=true"], run_dir=tmp_path, env=no_wandb_env(), check=False
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     restored = "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
     assert restored == had_checkpoint
     assert_matches_reference(tmp_path, reference)
 
 
-WITHOUT_EPOCHS = [o for o in TINY if not o.startswith("schedule.")]
+WITHOUT_EPOCHS = [o for o in TINY_CKPT if not o.startswith("schedule.")]
 STOPS = {  # how the run's length is set, and the steps it trains
-    "max_steps": ([*TINY, "++trainer.max_steps=25"], 25),  # stops inside epoch 3
-    "max_epochs": ([*TINY, "++trainer.max_epochs=2"], 20),
+    "max_steps": ([*TINY_CKPT, "++trainer.max_steps=25"], 25),  # stops inside epoch 3
+    "max_epochs": ([*TINY_CKPT, "++trainer.max_epochs=2"], 20),
     # The paper's schedule, in 2 stages of 1 and 3 epochs: the learning rate drops at epoch 1.
     "paper": ([*WITHOUT_EPOCHS, "schedule=paper", "schedule.stages=2"], 40),
 }
@@ -112,10 +121,14 @@ def test_resume_after_an_epoch_end_checkpoint_is_bit_identical(tmp_path, stop):
     reference_dir.mkdir()
     expected = comparable_metrics(train(compose_config(overrides, reference_dir), reference_dir))
     assert expected["train/steps"] == steps
-    killed = run_train([*overrides, *signal_at(11)], run_dir)
+    killed = run_train(
+        [*overrides, *signal_at(11)], run_dir=run_dir, env=no_wandb_env(), check=False
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
-    resumed = run_train([*overrides, "resume=true"], run_dir)
+    resumed = run_train(
+        [*overrides, "resume=true"], run_dir=run_dir, env=no_wandb_env(), check=False
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(final_weights(run_dir), final_weights(reference_dir))
     metrics = read_metrics(run_dir)
@@ -137,7 +150,7 @@ def test_resume_true_uses_last_if_there_is_one_else_starts_afresh(tmp_path):
 def test_resume_after_training_ended_reports_the_same_metrics(tmp_path):
     """Killed after the last checkpoint (during the final evaluation, say): the restart has no
     training left, and still reports the last validation bound and step counts."""
-    overrides = [*TINY, "schedule.epochs=1", "eval.enabled=false", "resume=true"]
+    overrides = [*TINY_CKPT, "schedule.epochs=1", "eval.enabled=false", "resume=true"]
     first = train(compose_config(overrides, tmp_path), tmp_path)
     (tmp_path / "metrics.json").unlink()
     again = train(compose_config(overrides, tmp_path), tmp_path)
@@ -154,10 +167,12 @@ def test_repeated_sigkills_then_resume_is_bit_identical(tmp_path, reference, kil
     steps = sorted(rng.sample(range(1, STEPS), kills))
     print(f"RESUME_TEST_SEED={seed - kills}: SIGKILLs at steps {steps}")
     for i, step in enumerate(steps):
-        args = [*TINY, *signal_at(step, rng.choice(HOOKS))] + (["resume=true"] if i else [])
-        killed = run_train(args, tmp_path)
+        args = [*TINY_CKPT, *signal_at(step, rng.choice(HOOKS))] + (["resume=true"] if i else [])
+        killed = run_train(args, run_dir=tmp_path, env=no_wandb_env(), check=False)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    finished = run_train([*TINY, "resume=true"], tmp_path)
+    finished = run_train(
+        [*TINY_CKPT, "resume=true"], run_dir=tmp_path, env=no_wandb_env(), check=False
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert_matches_reference(tmp_path, reference)
 
@@ -169,7 +184,13 @@ def test_sigkill_from_outside_at_random_times_then_resume(tmp_path, reference):
     seed = kill_seed()
     rng = random.Random(seed)
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "train.py", *TINY, "resume=true", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        *TINY_CKPT,
+        "resume=true",
+        f"hydra.run.dir={tmp_path}",
+    ]
     for attempt in range(10):
         log = tmp_path.parent / f"{tmp_path.name}-attempt{attempt}.log"  # a file: a pipe could fill
         with open(log, "w") as err:

@@ -14,8 +14,7 @@ import torch
 import iwae.checkpointing as checkpointing
 from iwae.checkpointing import AtomicCheckpointIO, DiskFullError, write_bytes_atomic
 from iwae.run import train
-from tests.conftest import compose_config
-from tests.reliability_helpers import TINY, file_digest
+from tests.helpers import TINY_CKPT, compose_config, file_digest
 
 
 def mode_of(path: Path) -> int:
@@ -73,7 +72,7 @@ def test_disk_full_during_training_stops_with_the_last_checkpoint_intact(tmp_pat
 
     monkeypatch.setattr(checkpointing.torch, "save", fills_after_two)
     with pytest.raises(DiskFullError, match="no space left on the device"):
-        train(compose_config(TINY, tmp_path), tmp_path)
+        train(compose_config(TINY_CKPT, tmp_path), tmp_path)
     assert not (tmp_path / "metrics.json").exists()
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == saves[-1] > 0

@@ -12,12 +12,11 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from iwae.run import train
-from tests.conftest import compose_config
-from tests.reliability_helpers import TINY
+from tests.helpers import TINY_CKPT, compose_config
 
 # lr=0: the weights never change, so val/bound never improves after the first validation and
 # Lightning's own ModelCheckpoint would leave last.ckpt at step 10 (the first best).
-FROZEN = [*(o for o in TINY if not o.startswith("callbacks")), "optimizer.lr=0"]
+FROZEN = [*(o for o in TINY_CKPT if not o.startswith("callbacks")), "optimizer.lr=0"]
 
 
 class LastCheckpointSteps(Callback):

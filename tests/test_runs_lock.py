@@ -10,8 +10,9 @@ import pytest
 
 from iwae.errors import UserError
 from iwae.run_lock import LOCK_NAME, acquire_run_lock, release_run_lock, run_lock
-from tests.reliability_helpers import (
-    TINY,
+from tests.helpers import (
+    TINY_CKPT,
+    no_wandb_env,
     pause_at,
     read_metrics,
     run_train,
@@ -22,10 +23,12 @@ from tests.reliability_helpers import (
 
 def test_a_second_process_in_the_run_directory_stops_in_one_line(tmp_path):
     run_dir = tmp_path / "run"
-    first = start_train([*TINY, *pause_at(5)], run_dir, tmp_path / "first.log")
+    first = start_train([*TINY_CKPT, *pause_at(5)], run_dir, tmp_path / "first.log")
     try:
         wait_for_file(run_dir / "paused", first)  # training, lock held
-        second = run_train([*TINY, "resume=true"], run_dir)
+        second = run_train(
+            [*TINY_CKPT, "resume=true"], run_dir=run_dir, env=no_wandb_env(), check=False
+        )
     finally:
         (run_dir / "go").touch()
         first.wait(timeout=300)
@@ -41,12 +44,14 @@ def test_a_second_process_in_the_run_directory_stops_in_one_line(tmp_path):
 
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     run_dir = tmp_path / "run"
-    first = start_train([*TINY, *pause_at(5)], run_dir, tmp_path / "first.log")
+    first = start_train([*TINY_CKPT, *pause_at(5)], run_dir, tmp_path / "first.log")
     wait_for_file(run_dir / "paused", first)
     first.kill()  # SIGKILL while holding the lock
     assert first.wait(timeout=60) == -signal.SIGKILL
     assert (run_dir / LOCK_NAME).exists()  # the file stays; the lock went with the process
-    resumed = run_train([*TINY, "resume=true"], run_dir)
+    resumed = run_train(
+        [*TINY_CKPT, "resume=true"], run_dir=run_dir, env=no_wandb_env(), check=False
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 
@@ -70,7 +75,7 @@ def test_unwritable_output_directory_stops_before_hydra_in_one_line(tmp_path, wh
         run_dir = tmp_path / "a-file" / "sub"
     else:  # a file system where nobody, root included, can make a directory
         run_dir = Path("/proc/iwae-run")
-    proc = run_train(TINY, run_dir)
+    proc = run_train(TINY_CKPT, run_dir=run_dir, env=no_wandb_env(), check=False)
     assert proc.returncode == 2
     message = proc.stderr.strip()
     assert "\n" not in message and "Traceback" not in message, message

@@ -9,23 +9,24 @@ import pytest
 from iwae.errors import UserError
 from iwae.resume import check_resume_config, refused_changes
 from iwae.run import train
-from tests.conftest import compose_config
-from tests.reliability_helpers import (
-    TINY,
+from tests.helpers import (
+    TINY_CKPT,
     assert_same_weights,
     comparable_metrics,
+    compose_config,
     file_digest,
     final_weights,
+    no_wandb_env,
     run_train,
 )
 
-ONE_EPOCH = [*TINY, "schedule.epochs=1", "eval.enabled=false"]
+ONE_EPOCH = [*TINY_CKPT, "schedule.epochs=1", "eval.enabled=false"]
 
 
 def config(overrides: list[str], tmp_path) -> dict:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(compose_config([*TINY, *overrides], tmp_path), resolve=True)
+    return OmegaConf.to_container(compose_config([*TINY_CKPT, *overrides], tmp_path), resolve=True)
 
 
 @pytest.mark.parametrize(
@@ -76,12 +77,17 @@ def test_what_only_observes_the_run_may_change(tmp_path):
 
 
 def test_resume_with_another_k_stops_before_training_in_one_line(tmp_path):
-    first = run_train(ONE_EPOCH, tmp_path)
+    first = run_train(ONE_EPOCH, run_dir=tmp_path, env=no_wandb_env(), check=False)
     assert first.returncode == 0, first.stderr[-2000:]
     (tmp_path / "metrics.json").unlink()
     last = tmp_path / "checkpoints" / "last.ckpt"
     before = file_digest(last)
-    changed = run_train([*ONE_EPOCH, "resume=true", "k=50", "optimizer.lr=0.01"], tmp_path)
+    changed = run_train(
+        [*ONE_EPOCH, "resume=true", "k=50", "optimizer.lr=0.01"],
+        run_dir=tmp_path,
+        env=no_wandb_env(),
+        check=False,
+    )
     assert changed.returncode == 2
     lines = changed.stderr.strip().splitlines()
     assert lines[-1].startswith("error: resuming ") and "Traceback" not in changed.stderr

@@ -19,12 +19,14 @@ import pytest
 import torch
 
 from iwae.run import train
-from tests.conftest import ROOT, compose_config
-from tests.reliability_helpers import (
-    TINY,
+from tests.helpers import (
+    ROOT,
+    TINY_CKPT,
     assert_same_weights,
     comparable_metrics,
+    compose_config,
     final_weights,
+    no_wandb_env,
     pause_at,
     read_metrics,
     reference_run,
@@ -35,7 +37,7 @@ from tests.reliability_helpers import (
     wait_for_file,
 )
 
-SHORT = TINY  # 30 steps; the same config as the resume tests' reference run
+SHORT = TINY_CKPT  # 30 steps; the same config as the resume tests' reference run
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,9 @@ def resume_in_process(run_dir, reference) -> None:
 
 def test_sigterm_saves_then_exits_cleanly_and_resumes_exactly(tmp_path, reference):
     step = 7
-    proc = run_train([*SHORT, *signal_at(step, sig="SIGTERM")], tmp_path)
+    proc = run_train(
+        [*SHORT, *signal_at(step, sig="SIGTERM")], run_dir=tmp_path, env=no_wandb_env(), check=False
+    )
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("preempted")]
     assert len(lines) == 1 and f"SIGTERM at step {step + 1}" in lines[0]
@@ -90,7 +94,12 @@ def test_ctrl_c_from_outside_saves_exits_130_and_resumes_exactly(tmp_path, refer
 
 
 def test_a_second_ctrl_c_exits_at_once_without_saving(tmp_path):
-    proc = run_train([*SHORT, *signal_at(6, sig="SIGINT", times=2)], tmp_path)
+    proc = run_train(
+        [*SHORT, *signal_at(6, sig="SIGINT", times=2)],
+        run_dir=tmp_path,
+        env=no_wandb_env(),
+        check=False,
+    )
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-3000:]
     assert "second SIGINT: exiting at once" in proc.stderr
     assert "preempted" not in proc.stderr and "Traceback" not in proc.stderr

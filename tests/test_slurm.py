@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from iwae.checkpointing import load_checkpoint
-from tests.launch_helpers import (
+from tests.helpers import (
     TINY,
     TRAIN,
     WANDB_GROUP,
