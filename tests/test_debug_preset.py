@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from iwae.resolvers import register_resolvers
-from tests.conftest import CONF_DIR, ROOT
+from tests.helpers import CONF_DIR, ROOT
 
 
 def _run(args: list[str], cwd, env_extra: dict[str, str], timeout: int = 240):

@@ -14,7 +14,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,

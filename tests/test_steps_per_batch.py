@@ -12,8 +12,7 @@ import torch
 
 from iwae.errors import UserError
 from iwae.run import train
-from tests.conftest import compose_config
-from tests.reliability_helpers import run_train, signal_at
+from tests.helpers import compose_config, no_wandb_env, run_train, signal_at
 
 # 10 steps an epoch, 3 epochs: with 4 steps a batch an epoch is batches of 4, 4 and 2.
 RUN = [
@@ -59,10 +58,11 @@ def test_several_steps_per_batch_are_the_same_steps(one_per_batch, tmp_path) -> 
 def test_preempted_mid_batch_then_resumed_is_bit_identical(one_per_batch, tmp_path) -> None:
     """SIGTERM at step 5 (inside the second batch of 4): saved at the batch's end, resumed."""
     args = [*RUN, "steps_per_batch=4"]
-    first = run_train([*args, *signal_at(5, "on_before_optimizer_step", "SIGTERM")], tmp_path)
+    sigterm = signal_at(5, "on_before_optimizer_step", "SIGTERM")
+    first = run_train([*args, *sigterm], run_dir=tmp_path, env=no_wandb_env(), check=False)
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert first.returncode != 0 and saved["global_step"] == 8, first.stderr[-2000:]
-    second = run_train([*args, "resume=true"], tmp_path)
+    second = run_train([*args, "resume=true"], run_dir=tmp_path, env=no_wandb_env(), check=False)
     assert second.returncode == 0, second.stderr[-2000:]
     a, b = weights(one_per_batch), weights(tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
