@@ -80,6 +80,14 @@ teardown moved the module to the CPU; the data stays on the device)"
 echo "single run rc $?"; tail -n 12 "${SWEEP%/*}/single_stdout.txt"
 cp "${SWEEP%/*}/single/metrics.json" "$OUT/single_metrics.json" 2>/dev/null
 
+step "single run on $ACC with steps_per_batch=10 (manual optimization): the same steps, so the
+same test/nll as the single run above; its train/seconds against that run's"
+"$PY" train.py "${DATA[@]}" k=5 trainer.accelerator=$ACC schedule.epochs=$EPOCHS steps_per_batch=10 \
+    eval.k=$EVAL_K logger=none trainer.enable_progress_bar=false "hydra.run.dir=${SWEEP%/*}/single10" \
+    > "${SWEEP%/*}/single10_stdout.txt" 2>&1
+echo "single run (10 steps a batch) rc $?"; tail -n 12 "${SWEEP%/*}/single10_stdout.txt"
+cp "${SWEEP%/*}/single10/metrics.json" "$OUT/single10_metrics.json" 2>/dev/null
+
 step "benchmark: fused vs separate steps, Table 1 at the paper's protocol"
 "$PY" -m benchmarks.fused "${BENCH[@]}" --data "${DATA[@]}" --out "$OUT/fused_gpu.json" \
     > "$OUT/benchmark_stdout.txt" 2>&1

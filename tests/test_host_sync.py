@@ -55,6 +55,23 @@ class SyncCounter(Callback):
         self.batch = batch_idx
 
 
+def counted_run(tmp_path, *extra: str) -> SyncCounter:
+    """One epoch of 40 steps on 800 images, logging every 50, with a `SyncCounter`."""
+    overrides = [
+        "logger=csv",
+        "data.split=[800,50,50]",
+        "schedule.epochs=1",
+        "eval.enabled=false",
+        "eval.val_k=5",
+        "trainer.log_every_n_steps=50",
+        *extra,
+        "+callbacks.sync_counter._target_=tests.test_host_sync.SyncCounter",
+    ]
+    SyncCounter.instances.clear()
+    train(compose_config(overrides, tmp_path), tmp_path)
+    return SyncCounter.instances[-1]
+
+
 def test_the_counter_sees_a_read_back():
     counter = SyncCounter()
     with counter._mode:
@@ -66,19 +83,7 @@ def test_the_counter_sees_a_read_back():
 def test_no_read_back_between_logging_steps(tmp_path, progress_bar):
     """One epoch of 40 steps, logging every 50: apart from the first steps (step 0 logs) and
     the last (the epoch's end: validation, checkpoint), no step may read from the device."""
-    overrides = [
-        "logger=csv",
-        "data.split=[800,50,50]",
-        "schedule.epochs=1",
-        "eval.enabled=false",
-        "eval.val_k=5",
-        "trainer.log_every_n_steps=50",
-        f"trainer.enable_progress_bar={str(progress_bar).lower()}",
-        "+callbacks.sync_counter._target_=tests.test_host_sync.SyncCounter",
-    ]
-    SyncCounter.instances.clear()
-    train(compose_config(overrides, tmp_path), tmp_path)
-    counter = SyncCounter.instances[-1]
+    counter = counted_run(tmp_path, f"trainer.enable_progress_bar={str(progress_bar).lower()}")
     assert sum(counter.reads.values()) > 0, "the counter saw nothing: is it installed?"
     between = {b: n for b, n in counter.reads.items() if 2 <= b <= 37}
     assert between == {}, f"device reads in training steps (batch: count): {between}"
@@ -87,20 +92,7 @@ def test_no_read_back_between_logging_steps(tmp_path, progress_bar):
 def test_no_read_back_between_logging_steps_with_several_steps_per_batch(tmp_path):
     """The same with 4 optimizer steps a batch (10 batches): train/bound is read back only at
     the logging steps (0 and 50: batch 0 here), so no batch in between reads anything."""
-    overrides = [
-        "logger=csv",
-        "data.split=[800,50,50]",
-        "schedule.epochs=1",
-        "eval.enabled=false",
-        "eval.val_k=5",
-        "trainer.log_every_n_steps=50",
-        "trainer.enable_progress_bar=false",
-        "steps_per_batch=4",
-        "+callbacks.sync_counter._target_=tests.test_host_sync.SyncCounter",
-    ]
-    SyncCounter.instances.clear()
-    train(compose_config(overrides, tmp_path), tmp_path)
-    counter = SyncCounter.instances[-1]
+    counter = counted_run(tmp_path, "trainer.enable_progress_bar=false", "steps_per_batch=4")
     assert counter.reads[0] > 0, "step 0 logs train/bound: its batch reads it back"
     between = {b: n for b, n in counter.reads.items() if 1 <= b <= 8}
     assert between == {}, f"device reads in training batches (batch: count): {between}"
