@@ -36,6 +36,7 @@ from benchmarks.common import machine, matmul_rate, median, print_report, set_th
 from benchmarks.reference import ReferenceIWAE, reference_train
 from datamodules.base import MinibatchIterable
 from iwae.assembly import build, build_module, build_trainer
+from iwae.device import set_flush_denormal
 from iwae.optim import build_optimizer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -52,6 +53,7 @@ SIDES = (
     "framework_no_guard",
     "framework_no_callbacks",
     "framework_steps10",
+    "reference_flush",
 )
 # Diagnostic variants of the framework side: the same Trainer.fit with these extra overrides.
 # no_guard: what the non-finite guard costs; no_callbacks: what the project's callbacks cost
@@ -107,6 +109,19 @@ class StepTimer(pl.Callback):
         return (self.ends[-1] - self.ends[first]) / (self.steps[-1] - self.steps[first])
 
 
+def flushing(run: Callable[[int, int], float]) -> Callable[[int, int], float]:
+    """``run`` with subnormal floats flushed to zero, as the framework trains by default."""
+
+    def flushed(steps: int, warmup: int) -> float:
+        set_flush_denormal(True)
+        try:
+            return run(steps, warmup)
+        finally:
+            set_flush_denormal(False)
+
+    return flushed
+
+
 def per_step(ends: Sequence[float], warmup: int) -> float:
     """Seconds per step between the end of step ``warmup`` and the last step's end."""
     return (ends[-1] - ends[warmup - 1]) / (len(ends) - warmup)
@@ -129,8 +144,15 @@ class FrameworkSide:
         trainer = build_trainer(self.cfg, self.module, self.workdir)
         timer = StepTimer()
         trainer.callbacks.append(timer)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            trainer.fit(self.module, datamodule=self.datamodule)
+        # as train.py sets it (flush_denormal), for this side only: the plain loops run as a
+        # plain PyTorch user's would, with IEEE subnormals (reference_flush: with the flush)
+        set_flush_denormal(self.cfg.get("flush_denormal", True))
+        quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+        try:
+            with quiet[0], quiet[1]:
+                trainer.fit(self.module, datamodule=self.datamodule)
+        finally:
+            set_flush_denormal(False)
         return timer.per_step(warmup)
 
 
@@ -234,6 +256,8 @@ def measure(
         runners: dict[str, Callable[[int, int], float]] = {"framework": fw.run}
         if "reference" in sides:
             runners["reference"] = ReferenceSide(fw, model, k, validate=True).run
+        if "reference_flush" in sides:
+            runners["reference_flush"] = flushing(ReferenceSide(fw, model, k, validate=True).run)
         if "reference_novalidate" in sides:
             runners["reference_novalidate"] = ReferenceSide(fw, model, k, validate=False).run
         if "framework_no_lightning" in sides:
@@ -318,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("ratio_framework_no_lightning", "fw/no-Lightning"),
         ("framework_steps10_ms", "fw 10 steps/batch ms"),
         ("ratio_framework_steps10_to_reference", "fw10/ref"),
+        ("ratio_reference_flush", "fw/ref(flush)"),
         ("framework_gflops", "GFLOP/s"),
         ("fraction_of_matmul", "of matmul"),
     ]

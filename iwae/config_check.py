@@ -166,6 +166,7 @@ def check_top_level(cfg: DictConfig) -> None:
         raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     check_optional_int("threads", cfg.get("threads"), meaning=" (null: a share of the cores)")
     check_bool("resume", cfg.get("resume", False))
+    check_bool("flush_denormal", cfg.get("flush_denormal", True))
     check_accelerator((cfg.get("trainer") or {}).get("accelerator", "auto"))
 
 

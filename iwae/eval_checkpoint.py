@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from iwae.assembly import build, hydra_choice, load_run, run_summary
 from iwae.config_check import check_eval_values, check_top_level
-from iwae.device import eval_device, set_torch_threads
+from iwae.device import eval_device, set_flush_denormal, set_torch_threads
 from iwae.errors import UserError
 from iwae.evaluation import test_metrics
 from iwae.memory_check import check_eval_memory
@@ -30,6 +30,7 @@ from iwae.outputs import format_results, save_sample_grid, write_json_atomic
 # What mode=eval takes from the checkpoint, so that a command-line value would be ignored.
 FROM_CHECKPOINT = (
     "model", "objective", "k", "schedule", "optimizer", "experiment", "init_from", "resume",
+    "flush_denormal",
 )  # fmt: skip
 
 
@@ -84,6 +85,7 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     # Float sums depend on the thread count: unless told otherwise, evaluate with the run's own
     # `threads`, which reproduces its test/nll to the last digit.
     set_torch_threads(cfg.get("threads") or run.config.get("threads"))
+    set_flush_denormal(run.config.get("flush_denormal", False))  # the run's own, as threads
     images = min(run.datamodule.eval_batch_size, len(run.datamodule.splits.test))
     check_eval_memory(
         run.model, cfg.eval, images, ("gpu" if device.type == "cuda" else "cpu", "auto")

@@ -101,6 +101,9 @@ def may_change(key: str, stored: Any, new: Any) -> bool:
 
 
 MISSING = "<absent>"
+# Keys added after runs were already being trained, with the value that reproduces what a run
+# without them did: a checkpoint that lacks one resumes with that value, and only with it.
+BEFORE_THE_KEY = {"steps_per_batch": 1, "flush_denormal": False}
 
 
 def refused_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -108,7 +111,7 @@ def refused_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     old, now = flatten(stored), flatten(new)
     changes = []
     for key in sorted(old.keys() | now.keys()):
-        before, after = old.get(key, MISSING), now.get(key, MISSING)
+        before, after = old.get(key, BEFORE_THE_KEY.get(key, MISSING)), now.get(key, MISSING)
         if before != after and not may_change(key, before, after):
             changes.append(f"{key}: {before!r} there, {after!r} here")
     return changes

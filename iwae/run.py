@@ -20,7 +20,7 @@ from iwae.assembly import (
 )
 from iwae.checkpointing import check_state_dict_matches, load_checkpoint
 from iwae.config_check import check_ddp_launch, check_run_values
-from iwae.device import set_torch_threads
+from iwae.device import set_flush_denormal, set_torch_threads
 from iwae.evaluation import test_metrics
 from iwae.loggers import finish_wandb, log_run_media
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
@@ -38,6 +38,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     datamodule = check_run_values(cfg)
     check_ddp_launch(cfg.trainer)
     set_torch_threads(cfg.get("threads"))  # parallel runs (joblib, SLURM) share the cores
+    set_flush_denormal(cfg.get("flush_denormal", True))
     if parallel_sweep_job() and cfg.eval.get("progress") is None:
         with open_dict(cfg):  # the evaluation's bars would interleave like the training's
             cfg.eval.progress = False

@@ -30,7 +30,7 @@ from torch import Tensor
 from iwae.assembly import build
 from iwae.checkpointing import load_checkpoint, write_bytes_atomic
 from iwae.config_check import check_run_values
-from iwae.device import set_torch_threads
+from iwae.device import set_flush_denormal, set_torch_threads
 from iwae.errors import UserError
 from iwae.evaluation import log_likelihood
 from iwae.fused.adam import StackedAdam, adam_settings
@@ -79,6 +79,7 @@ class FusedGroup:
         first = members[0].cfg
         self.device = training_device(first.trainer.get("accelerator", "auto"))
         set_torch_threads(first.get("threads"))
+        set_flush_denormal(first.get("flush_denormal", True))  # a top-level key: shared
         for member in members:
             check_run_values(member.cfg)
         self.datamodules = self._build_data()
