@@ -203,6 +203,13 @@ def wandb_string_field(value: str, field: int) -> bytes:
 WANDB_GROUP, WANDB_TAG = 6, 10
 
 
+def wandb_config_item(key: str, value_json: str) -> bytes:
+    """A W&B ``ConfigItem`` as the offline run file stores it: ``key`` (field 1) then
+    ``value_json`` (field 16, a two-byte tag)."""
+    k, v = key.encode(), value_json.encode()
+    return bytes([0x0A, len(k)]) + k + bytes([0x82, 0x01, len(v)]) + v
+
+
 def check_report(sweep_dir: Path, runs: int, *flags: str, timeout: float = 300) -> str | None:
     """``python -m iwae.reports.table1 <sweep>`` succeeds and its table1.csv has a row per run.
     Returns its output; None while the report module does not exist."""

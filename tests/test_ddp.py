@@ -18,7 +18,7 @@ from iwae.assembly import load_run
 from iwae.config_check import check_ddp_launch
 from iwae.errors import UserError
 from iwae.run import train
-from tests.helpers import TINY, compose_config, run_train, wandb_run_files
+from tests.helpers import TINY, compose_config, run_train, wandb_config_item, wandb_run_files
 
 # Two epochs; binarization fixed so both runs see the same training images.
 SHARED = [*TINY, "schedule.epochs=2", "data.binarization=fixed"]
@@ -36,7 +36,8 @@ def test_ddp_cpu_matches_single_process(tmp_path: Path) -> None:
     assert ddp["train/steps"] == single["train/steps"] == 20
 
     # One set of outputs, from rank 0: one W&B run, nothing written beside the run directory.
-    assert len(wandb_run_files(run_dir)) == 1
+    (run_file,) = wandb_run_files(run_dir)  # and its config, from rank 0's module
+    assert wandb_config_item("objective", f'"{ddp["objective"]}"') in run_file.read_bytes()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 

@@ -71,6 +71,8 @@ def test_each_member_has_its_own_wandb_run_in_the_sweeps_group(tmp_path: Path) -
         assert helpers.wandb_string_field("fusedwb", helpers.WANDB_GROUP) in data
         assert helpers.wandb_string_field(tag, helpers.WANDB_TAG) in data
         assert helpers.wandb_string_field(other, helpers.WANDB_TAG) not in data
+        objective = tag.split("=")[1]  # the member's config, at the top of its W&B config
+        assert helpers.wandb_config_item("objective", f'"{objective}"') in data
 
 
 def _fails(args: list[str], tmp_path: Path) -> str:

@@ -16,7 +16,7 @@ from iwae.assembly import progress_bar_enabled
 from iwae.cli import CONF_DIR, check_overrides, hydra_overrides
 from iwae.config_check import check_override_keys
 from iwae.resolvers import register_resolvers
-from tests.helpers import TINY, TRAIN, run_train, train_env, wandb_run_files
+from tests.helpers import TINY, TRAIN, run_train, train_env, wandb_config_item, wandb_run_files
 
 
 def precheck(argv: list[str]) -> str | None:
@@ -78,13 +78,6 @@ def test_shell_completion_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "complete" in proc.stdout and "error:" not in proc.stderr
-
-
-def wandb_config_item(key: str, value_json: str) -> bytes:
-    """A W&B ``ConfigItem`` as the offline run file stores it: ``key`` (field 1) then
-    ``value_json`` (field 16, a two-byte tag)."""
-    k, v = key.encode(), value_json.encode()
-    return bytes([0x0A, len(k)]) + k + bytes([0x82, 0x01, len(v)]) + v
 
 
 def test_wandb_and_csv_together_carry_config_and_media(tmp_path: Path) -> None:
