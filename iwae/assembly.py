@@ -29,7 +29,7 @@ from iwae.errors import UserError
 from iwae.loggers import run_config
 from iwae.model import IWAEModel
 from iwae.module import IWAEModule
-from iwae.resolvers import parallel_sweep_job
+from iwae.resolvers import parallel_sweep_job, running_hydra
 from iwae.resume import use_epoch_exact_fit_loop
 
 
@@ -124,13 +124,10 @@ def load_init_weights(module: nn.Module, path: str | Path) -> None:
 
 
 def hydra_choices() -> dict[str, str]:
-    """The config-group options of this run (``model: two_layer``), when Hydra is running."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
-    except ValueError:  # composed outside a Hydra run (tests, notebooks)
-        return {}
+    """The config-group options of this run (``model: two_layer``), when Hydra is running;
+    {} for a config composed outside a Hydra run (tests, notebooks)."""
+    hc = running_hydra()
+    return {} if hc is None else {k: v for k, v in hc.runtime.choices.items() if v is not None}
 
 
 def hydra_choice(ckpt_path: str | Path, group: str) -> str | None:

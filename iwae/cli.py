@@ -139,13 +139,10 @@ def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
     from iwae.config_check import check_override_keys  # misspelled keys, unparsable overrides
 
     argv = sys.argv[1:] if argv is None else argv
-    overrides = hydra_overrides(argv)
-    if overrides is None:
-        return
-    names = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
-    if any(word.split("=", 1)[0] in names for word in argv):
-        return  # another primary config: let Hydra compose it and report
-    message = check_overrides(argv) or check_override_keys(overrides, CONF_DIR)
+    if hydra_overrides(argv) is None:
+        return  # shell completion or help: no job runs
+    # check_override_keys leaves another primary config (-cn, -cp, -cd) to Hydra
+    message = check_overrides(argv) or check_override_keys(argv, CONF_DIR)
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

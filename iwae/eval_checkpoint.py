@@ -26,6 +26,7 @@ from iwae.errors import UserError
 from iwae.evaluation import test_metrics
 from iwae.memory_check import check_eval_memory
 from iwae.outputs import format_results, save_sample_grid, write_json_atomic
+from iwae.resolvers import running_hydra
 
 # What mode=eval takes from the checkpoint, so that a command-line value would be ignored.
 FROM_CHECKPOINT = (
@@ -36,12 +37,8 @@ FROM_CHECKPOINT = (
 
 def task_overrides() -> list[str]:
     """This job's command-line overrides; [] outside a Hydra run."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
+    hc = running_hydra()
+    return [] if hc is None else list(hc.overrides.task)
 
 
 def eval_overrides(overrides: list[str]) -> list[str]:

@@ -51,7 +51,6 @@ class IWAEModule(pl.LightningModule):
         steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
-        self.steps_per_batch = steps_per_batch
         # several steps per batch are taken by hand (Lightning's manual optimization)
         self.automatic_optimization = steps_per_batch == 1
         if hparams:  # Lightning hands them to every logger when fit starts (W&B's run config)
@@ -79,20 +78,19 @@ class IWAEModule(pl.LightningModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         while scheduler.last_epoch < self.current_epoch:  # Lightning steps it only by itself
             scheduler.step()
-        done = 0  # trainer.max_steps is refused (it would cut a batch): every minibatch is a step
+        # trainer.max_steps is refused (it would cut a batch): every minibatch is a step
         for x in minibatches:
             step = self.global_step
             out = self.objective(self.model, x)
             optimizer.zero_grad()
             self.manual_backward(out.loss)
             optimizer.step()
-            done += 1
             if step % self.log_every_n_steps == 0:
                 self._log_train_bound(out.bound.mean(), step)
         # Lightning counts logging steps per batch ("_batches_that_stepped", checkpointed with
         # the loop); count optimizer steps, as with one step per batch, so that val/bound and
         # train/bound share one step axis.
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped += max(0, done - 1)
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(minibatches) - 1
 
     def setup(self, stage: str) -> None:
         if not self.automatic_optimization:  # train/bound is logged every n optimizer steps

@@ -91,7 +91,7 @@ class NonFiniteGuard(Callback):
         self.every = self.every or max(1, trainer.log_every_n_steps)
         device = pl_module.device
         self._params = list(pl_module.parameters())
-        self._next_read = trainer.global_step + self.every - trainer.global_step % self.every
+        self._next_read = self._following_read(trainer.global_step)
         self._first = torch.tensor(NONE, device=device)
         self._count = torch.tensor(self.skipped, device=device)
         self._slots = torch.arange(1 + len(self._params), device=device)
@@ -133,8 +133,12 @@ class NonFiniteGuard(Callback):
     ) -> None:
         # >=, not ==: with steps_per_batch > 1 a batch ends every few optimizer steps
         if self._first is not None and trainer.global_step >= self._next_read:
-            self._next_read = trainer.global_step + self.every - trainer.global_step % self.every
+            self._next_read = self._following_read(trainer.global_step)
             self._read_back(trainer, pl_module, log_count=True)
+
+    def _following_read(self, step: int) -> int:
+        """The first multiple of ``every`` after ``step``."""
+        return step + self.every - step % self.every
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._read_back(trainer, pl_module)
