@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from iwae.errors import UserError
+from iwae.errors import UserError, exit_for
 from iwae.launch.cli import exit_on_bad_overrides, quiet_third_party_noise
 from iwae.launch.eval_checkpoint import evaluate_checkpoint
 from iwae.launch.resolvers import register_resolvers
@@ -37,8 +37,7 @@ def main(cfg: DictConfig) -> float | None:
         with run_lock(output_dir):  # one process per run directory (each job of a sweep too)
             metrics = run(cfg, output_dir)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_for(e)
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits 130 itself)
         print(
             f"interrupted (SIGINT) outside training; continue with the same command plus "
@@ -49,12 +48,12 @@ def main(cfg: DictConfig) -> float | None:
     except OSError as e:
         if not is_disk_full(e):
             raise
-        print(
-            f"error: no space left on the device writing {e.filename or output_dir}; free "
-            "some space there and resume",
-            file=sys.stderr,
+        where = e.filename or output_dir
+        exit_for(
+            UserError(
+                f"no space left on the device writing {where}; free some space there and resume"
+            )
         )
-        sys.exit(2)
     # What a Hydra sweeper (Optuna) minimises: the validation negative bound -val/bound in
     # nats, never a test quantity, so a search cannot tune on the test set. None (a failed
     # trial) where no validation ran.

@@ -1,14 +1,43 @@
 """Errors caused by the user's input (config, files, checkpoints).
 
-`train.py` prints a `UserError` as one line, ``error: <message>``, and exits with status 2,
+Every entry point (``train.py``, ``mode=eval``, each ``python -m iwae.reports.*``) prints a
+`UserError` as one line, ``error: <message>``, and exits with status 2 (`exit_on_user_error`),
 so every message must name the problem and, where there is one, the fix.
 """
 
+import functools
 import math
+import sys
+from collections.abc import Callable
+from typing import NoReturn, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class UserError(Exception):
     """Bad input from the user: reported as one line, never as a traceback."""
+
+
+def exit_for(err: UserError) -> NoReturn:
+    """Print ``err`` as the one line ``error: <message>`` on stderr and exit with status 2."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def exit_on_user_error(main: Callable[P, R]) -> Callable[P, R]:
+    """``main`` with a `UserError` raised anywhere below it turned into `exit_for`'s one line:
+    the one error path of every command-line entry point."""
+
+    @functools.wraps(main)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            exit_for(err)
+
+    return wrapper
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:

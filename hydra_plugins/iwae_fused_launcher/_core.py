@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from hydra.core.utils import (
 )
 from omegaconf import OmegaConf, open_dict, read_write
 
-from iwae.errors import UserError
+from iwae.errors import UserError, exit_for
 
 from .fused_launcher import FusedLauncher
 
@@ -93,8 +92,7 @@ def launch(
     try:
         return _launch(launcher, job_overrides, initial_job_idx, sweep_dir)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_for(e)
     finally:
         HydraConfig.instance().cfg = original
 

@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from iwae.errors import UserError, exit_for
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Hydra's flags that take the next word as their value (``-sc install=bash``, ``--cfg job``).
@@ -146,8 +148,7 @@ def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
     # check_override_keys leaves another primary config (-cn, -cp, -cd) to Hydra
     message = check_overrides(argv) or check_override_keys(argv, CONF_DIR)
     if message:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        exit_for(UserError(message))
 
 
 def quiet_third_party_noise() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from iwae.errors import UserError
+from iwae.errors import UserError, exit_for
 
 LOCK_NAME = ".iwae.lock"
 
@@ -129,5 +129,4 @@ def exit_on_unusable_output_dir(argv: list[str] | None = None) -> None:
     try:
         claim_output_dir(sys.argv[1:] if argv is None else argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_for(e)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from datamodules.base import binarize_once
-from iwae.errors import UserError
+from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import evaluate_nll
 from iwae.launch.assembly import load_run as load_checkpoint_run
 from iwae.training.outputs import write_json_atomic
@@ -109,6 +108,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", type=Path)
@@ -116,14 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-images", type=int, help="training images scored (default: all)")
     parser.add_argument("--chunk-size", type=int, default=250)
     args = parser.parse_args(argv)
-    try:
-        runs = sorted(p.parent.parent for p in args.multirun_dir.glob("*/checkpoints/last.ckpt"))
-        if not runs:
-            raise UserError(f"no */checkpoints/last.ckpt under {args.multirun_dir}")
-        rows = [study_run(r, args.k, args.train_images, args.chunk_size) for r in runs]
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    runs = sorted(p.parent.parent for p in args.multirun_dir.glob("*/checkpoints/last.ckpt"))
+    if not runs:
+        raise UserError(f"no */checkpoints/last.ckpt under {args.multirun_dir}")
+    rows = [study_run(r, args.k, args.train_images, args.chunk_size) for r in runs]
     table = markdown(rows)
     (args.multirun_dir / "binarization_study.md").write_text(table)
     write_json_atomic(args.multirun_dir / "binarization_study.json", {"runs": rows})

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from datamodules.base import binarize_once
+from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import active_units, evaluate_nll
 from iwae.training.outputs import write_json_atomic
 
@@ -197,7 +198,7 @@ def report(root: Path, out: Path) -> None:
     """Write the CSV, the paired differences, the figures and the last-point table."""
     points = load_points(root)
     if not points:
-        raise SystemExit(f"error: no evaluated snapshots (*.eval.json) below {root}")
+        raise UserError(f"no evaluated snapshots (*.eval.json) below {root}")
     write_csv(points, out / CSV_NAME)
     diffs = paired_differences(points)
     with (out / "differences.csv").open("w", newline="") as f:
@@ -250,6 +251,7 @@ def _grouped(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, l
     return dict(sorted(groups.items()))
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m iwae.reports.reproduction", description=__doc__

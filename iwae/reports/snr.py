@@ -11,6 +11,7 @@ import torch
 
 from iwae.bounds import effective_sample_size
 from iwae.diagnostics import gradient_snr
+from iwae.errors import exit_on_user_error
 from iwae.objectives import ESTIMATORS, IWAE
 
 
@@ -61,6 +62,7 @@ def snr_table(
     return "\n".join(lines)
 
 
+@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m iwae.reports.snr``: print the README's SNR table."""
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import BOUND_KS
 from iwae.reports import figures, html, paper
 from iwae.reports.curves import checkpoint_figures, learning_curve_data, nll_curves, paper_curves
@@ -141,7 +142,7 @@ def report(
     root = Path(root).resolve()
     runs = find_runs(root)
     if not runs:
-        raise SystemExit(f"error: no metrics.json with test/nll under {root}")
+        raise UserError(f"no metrics.json with test/nll under {root}")
     rows = csv_rows(runs, root)
     paths = {"table1_csv": write_csv(rows, root / "table1.csv")}
     table = table1_markdown(rows)
@@ -179,6 +180,7 @@ def sample_pngs(runs: list[Run], most: int = 12) -> dict[str, Path]:
     return pngs
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m iwae.reports.table1", description=__doc__.split("\n")[0]

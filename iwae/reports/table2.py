@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from iwae.errors import UserError, exit_on_user_error
+
 
 def table2_rows(run_dirs: list[Path]) -> str:
     """A markdown table like Burda et al.'s Table 2 from staged runs' JSON outputs."""
@@ -34,6 +36,7 @@ def table2_rows(run_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """``python -m iwae.reports.table2 <sweep dir>``: print the Table 2 rows of its runs."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -44,9 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     for run in sorted(set(started) - set(runs)):
         print(f"skipped (not finished): {run}", file=sys.stderr)
     if not runs:
-        sys.exit(
-            "error: no finished staged run (switch_metrics.json + metrics.json) in "
-            f"{args.sweep_dir}"
+        raise UserError(
+            f"no finished staged run (switch_metrics.json + metrics.json) in {args.sweep_dir}"
         )
     print(table2_rows(runs))
 
