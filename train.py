@@ -12,13 +12,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from iwae.checkpointing import is_disk_full
-from iwae.cli import exit_on_bad_overrides, quiet_third_party_noise
 from iwae.errors import UserError
-from iwae.eval_checkpoint import evaluate_checkpoint
-from iwae.resolvers import register_resolvers
-from iwae.run import train
-from iwae.run_lock import exit_on_unusable_output_dir, run_lock
+from iwae.launch.cli import exit_on_bad_overrides, quiet_third_party_noise
+from iwae.launch.eval_checkpoint import evaluate_checkpoint
+from iwae.launch.resolvers import register_resolvers
+from iwae.launch.run import train
+from iwae.launch.run_lock import exit_on_unusable_output_dir, run_lock
+from iwae.training.checkpointing import is_disk_full
 
 register_resolvers()  # before Hydra composes the config, which uses ${iwae.*}
 

@@ -6,7 +6,7 @@ Sides, all on the same configurations, interleaved in one process, medians over 
   draws, per-member noise, one forward/backward over stacked parameters, masked Adam), time
   per group step / M.
 - ``separate``: one member alone in a bare loop: the project's `IWAEModel`, objective and
-  Adam (`iwae.optim.build_optimizer`: fused on CPU and CUDA) on its `MinibatchIterable`,
+  Adam (`iwae.training.optim.build_optimizer`: fused on CPU and CUDA) on its `MinibatchIterable`,
   no Lightning (Lightning adds its loop and callbacks on top: benchmarks/train_step.py).
 - ``vmap`` (``--vmap``): the ``torch.func`` route (``stack_module_state`` +
   ``functional_call`` + ``vmap(randomness="different")``, torch Adam on the stacked leaves),
@@ -38,10 +38,10 @@ from omegaconf import OmegaConf, open_dict
 
 from benchmarks.common import machine, median, print_report, set_threads
 from datamodules.base import MinibatchIterable
-from iwae.assembly import build
 from iwae.fused.group import FusedGroup
 from iwae.fused.members import Member
-from iwae.optim import build_optimizer
+from iwae.launch.assembly import build
+from iwae.training.optim import build_optimizer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PAPER_STEPS = 3280 * 60_000 // 20  # 9.84 M: the paper's passes over 60,000 MNIST digits

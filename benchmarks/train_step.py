@@ -1,6 +1,6 @@
 """Per-step time of the framework's real training path against a plain PyTorch loop.
 
-Framework: `IWAEModule` in a real ``pytorch_lightning.Trainer`` built by `iwae.run` from the
+Framework: `IWAEModule` in a real ``pytorch_lightning.Trainer`` built by `iwae.launch.run` from the
 project's Hydra configs (default trainer and callbacks, no logger), data from the DataModule
 with dynamic binarization. Reference: `benchmarks.reference` (``torch.distributions``, tensor
 slicing, ``torch.optim.Adam``, no framework), once with ``torch.distributions``' default
@@ -35,9 +35,9 @@ from torch.distributions import Distribution
 from benchmarks.common import machine, matmul_rate, median, print_report, set_threads
 from benchmarks.reference import ReferenceIWAE, reference_train
 from datamodules.base import MinibatchIterable
-from iwae.assembly import build, build_module, build_trainer
-from iwae.device import set_flush_denormal
-from iwae.optim import build_optimizer
+from iwae.launch.assembly import build, build_module, build_trainer
+from iwae.launch.device import set_flush_denormal
+from iwae.training.optim import build_optimizer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ARCHITECTURES = {
@@ -171,7 +171,8 @@ class ReferenceSide:
         previous = Distribution._validate_args
         Distribution.set_default_validate_args(self.validate)
         # Importing Lightning sets this, which makes every torch.optim step re-probe NVML on a
-        # GPU-less CUDA build (see iwae/optim.py); a plain script has not imported Lightning.
+        # GPU-less CUDA build (see iwae/training/optim.py); a plain script has not imported
+        # Lightning.
         nvml = os.environ.pop(NVML_CHECK, None)
         try:
             self.optimizer = reference_train(

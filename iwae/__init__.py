@@ -2,5 +2,5 @@
 
 Importing the package does nothing else: the math core (`iwae.model`, `iwae.objectives`)
 needs only torch. The ``${iwae.*}`` config resolvers are registered where configs are composed
-(`iwae.resolvers.register_resolvers`).
+(`iwae.launch.resolvers.register_resolvers`).
 """

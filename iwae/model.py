@@ -303,4 +303,5 @@ def _bernoulli_term(layer: BernoulliLayer, h: Tensor, x: Tensor) -> Tensor:
         xl = (x * logits).sum(-1)
     if torch.is_grad_enabled():
         return xl - F.softplus(logits).sum(-1)
-    return xl - torch._C._nn.softplus(logits, 1, 20, out=logits).sum(-1)
+    # F.softplus has no out=; ATen's out overload is the same kernel (beta 1, threshold 20)
+    return xl - torch.ops.aten.softplus.out(logits, 1, 20, out=logits).sum(-1)

@@ -7,12 +7,12 @@ the surrogate without changing the number that is logged.
 
 Every bound here is built from one piece, the MIWAE(M, K) surrogate (`grouped_surrogate`):
 IWAE is M = 1, the k-sample VAE is K = 1, CIWAE mixes the two, PIWAE uses one for the
-generative network and another for the inference network.
+generative network and another for the inference network. The bounds themselves, as functions
+of log weights, are in `iwae.bounds`.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +21,13 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from iwae.bounds import (
+    ciwae_bound,
+    elbo,
+    grouped_surrogate,
+    iwae_bound,
+    miwae_bound,
+)
 from iwae.errors import UserError, check_positive_int
 
 ESTIMATORS = ("reparam", "stl", "dreg")
@@ -42,72 +49,6 @@ class LatentVariableModel(Protocol):
     def inference_parameters(self) -> Sequence[nn.Parameter]:
         """phi: the parameters of q(h | x)."""
         ...
-
-
-def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
-    """log (1/n) sum_i exp(x_i) along ``dim``, computed stably."""
-    return torch.logsumexp(x, dim) - math.log(x.shape[dim])
-
-
-def iwae_bound(log_w: Tensor) -> Tensor:
-    """The k-sample importance weighted bound L_k (Burda et al. 2015, eq. 8).
-
-    Args:
-        log_w: ``[k, B]`` log importance weights log p(x, h_i) - log q(h_i | x).
-
-    Returns:
-        ``[B]``: log (1/k) sum_i w_i, a lower bound on log p(x) in nats.
-    """
-    return log_mean_exp(log_w, 0)
-
-
-def elbo(log_w: Tensor) -> Tensor:
-    """The paper's k-sample VAE bound: the mean of k single-sample ELBOs, ``[k, B] -> [B]``."""
-    return log_w.mean(0)
-
-
-def miwae_bound(log_w: Tensor, m: int) -> Tensor:
-    """MIWAE(M, K) (Rainforth et al. 2018): the mean of M independent K-sample bounds.
-
-    Args:
-        log_w: ``[M * K, B]`` log weights; group j is rows ``j*K .. (j+1)*K - 1``.
-        m: number of groups M.
-
-    Returns:
-        ``[B]``: (1/M) sum_j log (1/K) sum_i w_ji, in nats.
-    """
-    return iwae_bound(log_w.unflatten(0, (m, -1)).transpose(0, 1)).mean(0)
-
-
-def ciwae_bound(log_w: Tensor, beta: float) -> Tensor:
-    """CIWAE(beta) (Rainforth et al. 2018): beta * ELBO + (1 - beta) * L_k.
-
-    ``[k, B] -> [B]``, in nats.
-    """
-    return beta * elbo(log_w) + (1 - beta) * iwae_bound(log_w)
-
-
-def effective_sample_size(log_w: Tensor) -> Tensor:
-    """ESS of the normalised weights, 1 / sum_i w~_i^2 (Kong 1992), ``[k, B] -> [B]`` in [1, k]."""
-    return torch.exp(-torch.logsumexp(2 * torch.log_softmax(log_w, 0), 0))
-
-
-def grouped_surrogate(log_w: Tensor, detached: Tensor, m: int, power: int = 1) -> Tensor:
-    """Gradient surrogate of MIWAE(M, K): (1/M) sum_j sum_i w~_ji^power log w_ji, ``[B]``.
-
-    ``w~_ji`` are group j's normalised weights, held constant (computed from ``detached``).
-    With ``power=1`` its gradient is the reparameterised gradient of the bound (Burda et al.
-    2015, eq. 13); with ``power=2`` and log q's parameters detached in ``log_w`` it is the DReG
-    inference-network gradient (Tucker et al. 2018): sum_i w~_i^2 dlog w_i/dh_i dh_i/dphi.
-
-    Args:
-        log_w: ``[M * K, B]`` log weights carrying the gradient.
-        detached: the same values, detached.
-    """
-    w = torch.softmax(detached.unflatten(0, (m, -1)), dim=1)
-    if power != 1:
-        w = w**power
-    return (w * log_w.unflatten(0, (m, -1))).sum(1).mean(0)
 
 
 def split_loss(

@@ -36,9 +36,9 @@ from pytorch_lightning.callbacks import Callback
 from scipy.io import savemat
 from torch import Tensor
 
+from iwae.launch.resolvers import register_resolvers
 from iwae.model import IWAEModel
 from iwae.objectives import Objective
-from iwae.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -359,7 +359,7 @@ def reference_run(tmp_path_factory: Any) -> tuple[dict[str, torch.Tensor], dict[
     Kept in the session's base temp directory, so the test modules that compare against it
     (resume, signals) share one run.
     """
-    from iwae.run import train
+    from iwae.launch.run import train
 
     run_dir = Path(tmp_path_factory.getbasetemp()) / "reliability-reference"
     if not (run_dir / "metrics.json").exists():
@@ -371,7 +371,7 @@ def reference_run(tmp_path_factory: Any) -> tuple[dict[str, torch.Tensor], dict[
 
 def save_untrained_checkpoint(path: Path, overrides: list[str]) -> None:
     """A checkpoint with the layout train.py writes (state_dict + iwae_config), untrained."""
-    from iwae.assembly import build, build_module
+    from iwae.launch.assembly import build, build_module
 
     cfg = compose_config([*FAST, *overrides], path.parent)
     datamodule = build(cfg.data)

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from iwae.assembly import build
-from iwae.cli import CONF_DIR, check_overrides
-from iwae.config_check import check_override_keys, check_run_values
 from iwae.errors import UserError
-from iwae.run import train
+from iwae.launch.assembly import build
+from iwae.launch.cli import CONF_DIR, check_overrides
+from iwae.launch.config_check import check_override_keys, check_run_values
+from iwae.launch.run import train
 from tests.helpers import (
     FAST,
     compose_config,
@@ -178,7 +178,7 @@ def test_train_py_every_case_exits_2_with_one_line(case, npz_dir, tmp_path):
 
 
 def test_mode_eval_refuses_non_finite_weights_and_writes_nothing(npz_dir, tmp_path):
-    from iwae.eval_checkpoint import evaluate_checkpoint
+    from iwae.launch.eval_checkpoint import evaluate_checkpoint
 
     checkpoint = torch.load(npz_dir / "one_layer.ckpt", weights_only=True)
     name = next(k for k in checkpoint["state_dict"] if k.startswith("model.decoder"))
@@ -229,7 +229,7 @@ def test_quickstart_with_the_paper_schedule_composes(tmp_path):
     ],
 )
 def test_mode_eval_checks_eval_values_before_evaluating(overrides, expected, npz_dir, tmp_path):
-    from iwae.eval_checkpoint import evaluate_checkpoint
+    from iwae.launch.eval_checkpoint import evaluate_checkpoint
 
     ckpt = f"ckpt_path={npz_dir / 'one_layer.ckpt'}"
     cfg = compose_config([*FAST, "mode=eval", ckpt, *overrides], tmp_path)
@@ -251,7 +251,7 @@ GROUPS = ("model", "objective", "data", "schedule", "optimizer")
 )
 def test_every_shipped_option_and_preset_passes_the_argument_check(choice, tmp_path):
     """The check of each group's keys against its class never refuses a config we ship."""
-    from iwae.config_check import check_arguments
+    from iwae.launch.config_check import check_arguments
 
     cfg = compose_config([choice], tmp_path)
     for group in GROUPS:

@@ -202,7 +202,9 @@ def test_every_data_config_builds_its_datamodule(name, cls, tmp_path):
 
 
 def test_npz_config_without_path_says_which_setting(tmp_path):
-    from iwae.assembly import build  # train.py's instantiate, which passes a UserError through
+    from iwae.launch.assembly import (
+        build,  # train.py's instantiate, which passes a UserError through
+    )
 
     with pytest.raises(UserError, match=r"data=npz needs data.path=<your file or folder>"):
         build(compose_data(["data=npz"]).data)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from iwae.launch.run import train
 from iwae.reports.binarization import main as study_main
-from iwae.run import train
 from tests.helpers import compose_config
 
 # The study shrunk: 100 training digits, one epoch, a small evaluation.

@@ -214,7 +214,7 @@ def test_npz_that_is_text_or_holds_objects_never_suggests_unsafe_loading(tmp_pat
 @pytest.fixture
 def npz_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
     """A one-epoch run on ``images.npz`` given by a relative path; (checkpoint, data file)."""
-    from iwae.run import train
+    from iwae.launch.run import train
 
     rng = np.random.default_rng(0)
     data = tmp_path / "trained_here"
@@ -229,7 +229,7 @@ def npz_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
 def test_eval_reads_the_stored_absolute_path_and_refuses_a_changed_file(
     npz_run, tmp_path, monkeypatch
 ):
-    from iwae.assembly import load_run
+    from iwae.launch.assembly import load_run
 
     ckpt, data = npz_run
     elsewhere = tmp_path / "elsewhere"
@@ -252,7 +252,7 @@ def test_eval_reads_the_stored_absolute_path_and_refuses_a_changed_file(
 def test_eval_with_another_data_file_records_it_in_metrics(npz_run, tmp_path):
     import json
 
-    from iwae.eval_checkpoint import evaluate_checkpoint
+    from iwae.launch.eval_checkpoint import evaluate_checkpoint
 
     ckpt, data = npz_run
     other = tmp_path / "other.npz"

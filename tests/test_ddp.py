@@ -14,10 +14,10 @@ import torch
 
 from datamodules.base import MinibatchIterable
 from iwae import evaluation  # not `import test_metrics`: pytest would collect it
-from iwae.assembly import load_run
-from iwae.config_check import check_ddp_launch
 from iwae.errors import UserError
-from iwae.run import train
+from iwae.launch.assembly import load_run
+from iwae.launch.config_check import check_ddp_launch
+from iwae.launch.run import train
 from tests.helpers import TINY, compose_config, run_train, wandb_config_item, wandb_run_files
 
 # Two epochs; binarization fixed so both runs see the same training images.

@@ -14,7 +14,7 @@ import sys
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from iwae.resolvers import register_resolvers
+from iwae.launch.resolvers import register_resolvers
 from tests.helpers import CONF_DIR, ROOT
 
 

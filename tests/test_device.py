@@ -40,8 +40,8 @@ def test_evaluation_runs_the_model_where_the_data_is(monkeypatch):
 
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
 def test_a_gpu_where_there_is_none_is_one_line_before_training(monkeypatch, accelerator):
-    from iwae.config_check import check_top_level
     from iwae.errors import UserError
+    from iwae.launch.config_check import check_top_level
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = OmegaConf.create({"k": 5, "seed": 0, "trainer": {"accelerator": accelerator}})

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from iwae.diagnostics import GradientDiagnostics, gradient_snr
+from iwae.diagnostics import gradient_snr
 from iwae.objectives import IWAE
+from iwae.training.diagnostics import GradientDiagnostics
 from tests.helpers import binary_images, small_model
 
 

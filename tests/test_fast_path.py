@@ -19,7 +19,7 @@ from benchmarks.reference import ReferenceIWAE, iwae_loss
 from datamodules.base import MinibatchIterable
 from iwae.model import IWAEModel
 from iwae.objectives import IWAE, VAE
-from iwae.optim import build_optimizer
+from iwae.training.optim import build_optimizer
 
 ARCHITECTURES = {
     "one_layer": ([50], [[200, 200]]),
@@ -136,8 +136,8 @@ def _adam_partial():
 def test_lightning_training_path_moves_weights_like_the_reference_loop(arch, tmp_path) -> None:
     """A few steps of `IWAEModule` in a real Trainer (data by index, dynamic binarization,
     fused Adam) against the reference loop fed the same minibatches and the same noise."""
-    from iwae.module import IWAEModule
     from iwae.schedules import ConstantSchedule
+    from iwae.training.module import IWAEModule
 
     model, _ = pair(arch)  # float64, as in test_fused_adam_takes_the_plain_adam_step
     ref = ReferenceIWAE(784, *ARCHITECTURES[arch]).double().load_from(model)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from iwae.assembly import build, build_module, load_init_weights
 from iwae.errors import UserError
-from iwae.run import train
+from iwae.launch.assembly import build, build_module, load_init_weights
+from iwae.launch.run import train
 from tests.helpers import TINY, compose_config
 
 # TINY at the schedule's own length (table2_small's: its objective switches where it ends)

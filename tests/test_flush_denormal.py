@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from iwae.launch.run import train
 from iwae.model import IWAEModel
 from iwae.objectives import IWAE
-from iwae.resume import refused_changes
-from iwae.run import train
+from iwae.training.resume import refused_changes
 from tests.helpers import compose_config
 
 TINY = ["logger=none", "data.split=[100,20,20]", "schedule.epochs=1", "eval.enabled=false"]

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from iwae.bounds import iwae_bound
 from iwae.model import IWAEModel
-from iwae.objectives import IWAE, VAE, iwae_bound
+from iwae.objectives import IWAE, VAE
 
 
 def tiny_model(seed: int = 0) -> IWAEModel:

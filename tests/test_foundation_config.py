@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from iwae.assembly import build
-from iwae.cli import check_overrides, group_options
 from iwae.errors import UserError
+from iwae.launch.assembly import build
+from iwae.launch.cli import check_overrides, group_options
 from iwae.schedules import ConstantSchedule, PaperSchedule
 from tests.helpers import CONF_DIR, compose_config
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from iwae.run import train
+from iwae.launch.run import train
 from tests.helpers import TINY, compose_config, no_wandb_env, run_train
 
 RUN = [*TINY, "logger=csv", "schedule.epochs=2", "eval.k=50"]

@@ -10,11 +10,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from iwae.checkpointing import load_checkpoint
 from iwae.errors import UserError
 from iwae.fused.group import FusedGroup
 from iwae.fused.members import Member, check_member, group_members, training_device
 from iwae.fused.runs import train_group
+from iwae.training.checkpointing import load_checkpoint
 from tests.helpers import TINY, compose_config
 
 # 3 epochs, and the progress bar left at its default

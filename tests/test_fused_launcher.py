@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from iwae.cli import CONF_DIR
-from iwae.config_check import check_override_keys
+from iwae.launch.cli import CONF_DIR
+from iwae.launch.config_check import check_override_keys
 from tests import helpers
 from tests.helpers import TINY, run_dirs, run_train
 

@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from iwae.run import train
+from iwae.launch.run import train
 from tests.helpers import compose_config
 
 READ_BACK = torch.ops.aten._local_scalar_dense.default

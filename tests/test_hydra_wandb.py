@@ -12,10 +12,10 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from iwae.assembly import progress_bar_enabled
-from iwae.cli import CONF_DIR, check_overrides, hydra_overrides
-from iwae.config_check import check_override_keys
-from iwae.resolvers import register_resolvers
+from iwae.launch.assembly import progress_bar_enabled
+from iwae.launch.cli import CONF_DIR, check_overrides, hydra_overrides
+from iwae.launch.config_check import check_override_keys
+from iwae.launch.resolvers import register_resolvers
 from tests.helpers import TINY, TRAIN, run_train, train_env, wandb_config_item, wandb_run_files
 
 
@@ -101,7 +101,7 @@ def test_wandb_and_csv_together_carry_config_and_media(tmp_path: Path) -> None:
 
 
 def test_progress_bar_default_follows_the_terminal_and_the_launcher(monkeypatch) -> None:
-    import iwae.assembly as assembly
+    import iwae.launch.assembly as assembly
 
     assert progress_bar_enabled(True) is True and progress_bar_enabled(False) is False
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)

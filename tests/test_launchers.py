@@ -12,9 +12,9 @@ import joblib
 import pytest
 from omegaconf import OmegaConf
 
-from iwae.device import set_torch_threads
-from iwae.resolvers import gpus_for, register_resolvers, run_id, sweep_name
-from iwae.resume import resume_requested
+from iwae.launch.device import set_torch_threads
+from iwae.launch.resolvers import gpus_for, register_resolvers, run_id, sweep_name
+from iwae.training.resume import resume_requested
 from tests.helpers import (
     TINY,
     WANDB_GROUP,

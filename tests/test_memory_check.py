@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from iwae.memory_check import evaluation_bytes, training_step_bytes
+from iwae.launch.memory_check import evaluation_bytes, training_step_bytes
 from iwae.model import IWAEModel
 
 GiB = 2**30

@@ -11,8 +11,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from iwae.errors import UserError
-from iwae.nonfinite import NonFiniteError
-from iwae.run import train
+from iwae.launch.run import train
+from iwae.training.nonfinite import NonFiniteError
 from tests.helpers import DIGEST_BEFORE, TINY_CKPT, compose_config, file_digest
 
 SHORT = [*TINY_CKPT, "schedule.epochs=2", "eval.enabled=false"]  # 20 steps, checkpoint every 4

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from iwae.bounds import effective_sample_size, iwae_bound, miwae_bound
 from iwae.errors import UserError
 from iwae.objectives import (
     CIWAE,
@@ -14,9 +15,6 @@ from iwae.objectives import (
     PIWAE,
     VAE,
     Staged,
-    effective_sample_size,
-    iwae_bound,
-    miwae_bound,
 )
 from tests.helpers import ESTIMATORS, binary_images, compose_config, grads, small_model
 

@@ -12,23 +12,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from iwae import figures
-from iwae.eval_checkpoint import evaluate_checkpoint
-from iwae.reports import paper
-from iwae.reports.table1 import (
-    Run,
-    best_run,
-    best_runs,
-    find_runs,
-    log_to_wandb,
-    nll_curves,
-    paper_curves,
-    read_csv,
-    report,
-    selection_basis,
-    table1_markdown,
-)
-from iwae.run import train
+from iwae.launch.eval_checkpoint import evaluate_checkpoint
+from iwae.launch.run import train
+from iwae.reports import figures, paper
+from iwae.reports.curves import nll_curves, paper_curves
+from iwae.reports.runs import Run, best_run, best_runs, find_runs, read_csv, selection_basis
+from iwae.reports.table1 import report, table1_markdown
+from iwae.reports.wandb_report import log_to_wandb
 from tests.helpers import compose_config
 
 EVAL = ["eval.k=20", "eval.chunk_size=7", "eval.seed=3"]

@@ -20,7 +20,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from iwae.reports.table1 import Run, report, sample_pngs
+from iwae.reports.runs import Run
+from iwae.reports.table1 import report, sample_pngs
 
 CHROMIUM = next(
     (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),

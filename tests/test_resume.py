@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from iwae.assembly import resolve_ckpt_path
 from iwae.errors import UserError
-from iwae.run import train
+from iwae.launch.assembly import resolve_ckpt_path
+from iwae.launch.run import train
 from tests.helpers import (
     HOOKS,
     ROOT,

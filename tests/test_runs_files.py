@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import iwae.checkpointing as checkpointing
-from iwae.checkpointing import AtomicCheckpointIO, DiskFullError, write_bytes_atomic
-from iwae.run import train
+import iwae.training.checkpointing as checkpointing
+from iwae.launch.run import train
+from iwae.training.checkpointing import AtomicCheckpointIO, DiskFullError, write_bytes_atomic
 from tests.helpers import TINY_CKPT, compose_config, file_digest
 
 

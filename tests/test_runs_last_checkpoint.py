@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from iwae.run import train
+from iwae.launch.run import train
 from tests.helpers import TINY_CKPT, compose_config
 
 # lr=0: the weights never change, so val/bound never improves after the first validation and

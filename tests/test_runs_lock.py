@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from iwae.errors import UserError
-from iwae.run_lock import LOCK_NAME, acquire_run_lock, release_run_lock, run_lock
+from iwae.launch.run_lock import LOCK_NAME, acquire_run_lock, release_run_lock, run_lock
 from tests.helpers import (
     TINY_CKPT,
     no_wandb_env,

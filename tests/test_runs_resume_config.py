@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from iwae.errors import UserError
-from iwae.resume import check_resume_config, refused_changes
-from iwae.run import train
+from iwae.launch.run import train
+from iwae.training.resume import check_resume_config, refused_changes
 from tests.helpers import (
     TINY_CKPT,
     assert_same_weights,

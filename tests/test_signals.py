@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from iwae.run import train
+from iwae.launch.run import train
 from tests.helpers import (
     ROOT,
     TINY_CKPT,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from iwae.checkpointing import load_checkpoint
+from iwae.training.checkpointing import load_checkpoint
 from tests.helpers import (
     TINY,
     TRAIN,

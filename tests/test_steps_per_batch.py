@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from iwae.errors import UserError
-from iwae.run import train
+from iwae.launch.run import train
 from tests.helpers import compose_config, no_wandb_env, run_train, signal_at
 
 # 10 steps an epoch, 3 epochs: with 4 steps a batch an epoch is batches of 4, 4 and 2.

@@ -81,7 +81,7 @@ def prepare_job(launcher: FusedLauncher, idx: int, overrides: Sequence[str]):
 def launch(
     launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> Sequence[JobReturn]:
-    from iwae.resolvers import register_resolvers
+    from iwae.launch.resolvers import register_resolvers
 
     setup_globals()
     register_resolvers()  # the members' configs are resolved here, in the launcher's process
@@ -107,7 +107,7 @@ def _launch(
 ) -> list[JobReturn]:
     from iwae.fused.members import check_member, group_members, training_device
     from iwae.fused.runs import train_group
-    from iwae.resume import resume_requested
+    from iwae.training.resume import resume_requested
 
     prepared = [
         prepare_job(launcher, initial_job_idx + i, overrides)

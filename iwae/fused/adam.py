@@ -100,11 +100,3 @@ class StackedAdam:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for name in ("exp_avg", "exp_avg_sq", "steps"):
             getattr(self, name).copy_(state[name])
-
-    def member_state(self, m: int) -> dict[str, float | Tensor]:
-        """Member m's moments (for tests): what ``torch.optim.Adam`` keeps for one model."""
-        return {
-            "step": float(self.steps[m]),
-            "exp_avg": self.exp_avg[m],
-            "exp_avg_sq": self.exp_avg_sq[m],
-        }

@@ -27,16 +27,16 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from iwae.assembly import build
-from iwae.checkpointing import load_checkpoint, write_bytes_atomic
-from iwae.config_check import check_run_values
-from iwae.device import set_flush_denormal, set_torch_threads
 from iwae.errors import UserError
 from iwae.evaluation import log_likelihood
 from iwae.fused.adam import StackedAdam, adam_settings
 from iwae.fused.members import Member, training_device
 from iwae.fused.objectives import FusedObjective
 from iwae.fused.stacked import StackedIWAE
+from iwae.launch.assembly import build
+from iwae.launch.config_check import check_run_values
+from iwae.launch.device import set_flush_denormal, set_torch_threads
+from iwae.training.checkpointing import load_checkpoint, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

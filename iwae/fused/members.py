@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from iwae.device import GPU_NAMES, check_accelerator
 from iwae.errors import UserError
+from iwae.launch.device import GPU_NAMES, check_accelerator
 
 # Top-level keys each member keeps for itself. `callbacks` and `logger` name the member's own
 # directory; of the callbacks only the non-finite guard's settings are read, per member.

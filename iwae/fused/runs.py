@@ -1,6 +1,7 @@
 """Each fused member's run directory, as a separate ``python train.py`` run leaves it.
 
-``metrics.json`` (the keys of `iwae.run.train`), ``checkpoints/last.ckpt`` (``state_dict`` with
+``metrics.json`` (the keys of `iwae.launch.run.train`), ``checkpoints/last.ckpt``
+(``state_dict`` with
 ``model.``-prefixed keys and the resolved config in ``iwae_config``, so ``mode=eval`` and
 `iwae.reports.table1` read it unchanged), ``samples.png``, and its loggers (CSV, W&B) with the
 training history. ``.hydra/`` is written by the launcher before training, as Hydra does.
@@ -15,13 +16,13 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from iwae.assembly import build
-from iwae.checkpointing import write_bytes_atomic
 from iwae.evaluation import test_metrics
 from iwae.fused.group import FusedGroup
 from iwae.fused.members import Member
-from iwae.loggers import finish_wandb, log_run_media, run_config
-from iwae.outputs import format_results, save_sample_grid, write_json_atomic
+from iwae.launch.assembly import build
+from iwae.training.checkpointing import write_bytes_atomic
+from iwae.training.loggers import finish_wandb, log_run_media, run_config
+from iwae.training.outputs import format_results, save_sample_grid, write_json_atomic
 
 
 def train_group(
@@ -42,7 +43,7 @@ def train_group(
 
 
 def run_summary(group: FusedGroup, m: int) -> dict[str, Any]:
-    """The keys `iwae.run.train` writes before the test measures (the same names and meaning;
+    """The keys `iwae.launch.run.train` writes before the test measures (the same names and meaning;
     ``train/seconds`` is the whole group's training time)."""
     member, dm, objective = group.members[m], group.datamodules[m], group.objectives[m]
     metrics: dict[str, Any] = {
@@ -82,7 +83,7 @@ def write_member_run(group: FusedGroup, m: int) -> dict[str, Any]:
 
 
 def write_member_checkpoint(group: FusedGroup, m: int, path: Path) -> None:
-    """A checkpoint `iwae.assembly.load_run` and `iwae.reports.table1` read like a separate
+    """A checkpoint `iwae.launch.assembly.load_run` and `iwae.reports.table1` read like a separate
     run's: the weights under ``model.``, the resolved config, the step and epoch."""
     state = {f"model.{k}": v for k, v in group.stacked.member_state_dict(m).items()}
     checkpoint = {

@@ -27,15 +27,15 @@ import torch
 from omegaconf import OmegaConf
 
 from datamodules.base import binarize_once
-from iwae.assembly import load_run as load_checkpoint_run
 from iwae.errors import UserError
 from iwae.evaluation import evaluate_nll
-from iwae.outputs import write_json_atomic
+from iwae.launch.assembly import load_run as load_checkpoint_run
+from iwae.training.outputs import write_json_atomic
 
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
     """``(model, prepared datamodule, config)`` of one run, from ``checkpoints/last.ckpt``,
-    through `iwae.assembly.load_run`: the one loader, which refuses a stored config
+    through `iwae.launch.assembly.load_run`: the one loader, which refuses a stored config
     that names anything but this project's classes."""
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     run = load_checkpoint_run(ckpt_path)

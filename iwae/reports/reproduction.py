@@ -31,7 +31,7 @@ import torch
 
 from datamodules.base import binarize_once
 from iwae.evaluation import active_units, evaluate_nll
-from iwae.outputs import write_json_atomic
+from iwae.training.outputs import write_json_atomic
 
 CSV_NAME, TABLE_NAME = "runs.csv", "table.md"
 FIELDS = [
@@ -49,7 +49,7 @@ def evaluate_snapshot(
     ckpt: Path, k: int = 5000, chunk_size: int = 500, train_images: int = 500, seed: int = 0
 ) -> dict[str, Any]:
     """The study's measures of one checkpoint (see the module docstring)."""
-    from iwae.assembly import load_run  # the one loader that rebuilds a run safely
+    from iwae.launch.assembly import load_run  # the one loader that rebuilds a run safely
 
     run = load_run(ckpt)
     test = run.test_batches()

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import torch
 
+from iwae.bounds import effective_sample_size
 from iwae.diagnostics import gradient_snr
-from iwae.objectives import ESTIMATORS, IWAE, effective_sample_size
+from iwae.objectives import ESTIMATORS, IWAE
 
 
 def snr_table(

@@ -2,7 +2,7 @@
 ``python -m iwae.reports.table2 <sweep dir>``.
 
 Each row pairs a run's ``switch_metrics.json`` (the model at the switch, written by
-`iwae.finetune.SwitchEvaluation`) with its ``metrics.json`` (after fine-tuning).
+`iwae.training.finetune.SwitchEvaluation`) with its ``metrics.json`` (after fine-tuning).
 """
 
 from __future__ import annotations

@@ -19,14 +19,14 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from iwae.assembly import build, hydra_choice, load_run, run_summary
-from iwae.config_check import check_eval_values, check_top_level
-from iwae.device import eval_device, set_flush_denormal, set_torch_threads
 from iwae.errors import UserError
 from iwae.evaluation import test_metrics
-from iwae.memory_check import check_eval_memory
-from iwae.outputs import format_results, save_sample_grid, write_json_atomic
-from iwae.resolvers import running_hydra
+from iwae.launch.assembly import build, hydra_choice, load_run, run_summary
+from iwae.launch.config_check import check_eval_values, check_top_level
+from iwae.launch.device import eval_device, set_flush_denormal, set_torch_threads
+from iwae.launch.memory_check import check_eval_memory
+from iwae.launch.resolvers import running_hydra
+from iwae.training.outputs import format_results, save_sample_grid, write_json_atomic
 
 # What mode=eval takes from the checkpoint, so that a command-line value would be ignored.
 FROM_CHECKPOINT = (

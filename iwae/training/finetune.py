@@ -2,8 +2,8 @@
 reverse), and the Table 2 "before" row measured at the switch.
 
 Two ways to fine-tune: a staged objective (``objective=vae_to_iwae``) in one run, measured by
-`SwitchEvaluation`; or ``init_from=<ckpt>`` (`iwae.assembly.load_init_weights`), a new run from
-the old weights with a fresh optimizer and schedule. Unlike ``ckpt_path`` (resume: weights,
+`SwitchEvaluation`; or ``init_from=<ckpt>`` (`iwae.launch.assembly.load_init_weights`), a new
+run from the old weights with a fresh optimizer and schedule. Unlike ``ckpt_path`` (resume: weights,
 optimizer moments, epoch and schedule position), ``init_from`` keeps nothing but the weights; a
 run that resumes restores its own weights and ignores ``init_from``.
 """
@@ -20,7 +20,7 @@ from torch import nn
 
 from iwae.evaluation import test_metrics
 from iwae.objectives import Staged
-from iwae.outputs import write_json_atomic
+from iwae.training.outputs import write_json_atomic
 
 
 class SwitchEvaluation(Callback):

@@ -13,7 +13,7 @@ from torch import Tensor
 from iwae.evaluation import log_likelihood
 from iwae.model import IWAEModel
 from iwae.objectives import TrainingObjective
-from iwae.optim import build_optimizer
+from iwae.training.optim import build_optimizer
 
 
 class IWAEModule(pl.LightningModule):
@@ -29,7 +29,7 @@ class IWAEModule(pl.LightningModule):
         log_every_n_steps: training metrics are logged every this many steps only: logging
             every one of the paper's ten million steps costs more than the step itself.
         config: the run's resolved config, stored in every checkpoint so it can be rebuilt.
-        hparams: what the loggers record as the run's config (`iwae.loggers.run_config`).
+        hparams: what the loggers record as the run's config (`iwae.training.loggers.run_config`).
         steps_per_batch: optimizer steps per Lightning batch (the DataModule then yields lists
             of that many minibatches). Lightning's work around a batch (hooks, progress,
             logging) costs about as much as a whole step at k <= 5 on a CPU (README,
@@ -122,7 +122,7 @@ class IWAEModule(pl.LightningModule):
         self.log("val/bound", bound.mean(), prog_bar=True, batch_size=x.shape[0])
 
     def configure_optimizers(self):
-        # fused Adam, no per-step accelerator probe on CPU-only machines: see iwae/optim.py
+        # fused Adam, no per-step accelerator probe on CPU-only machines: see iwae/training/optim.py
         optimizer = build_optimizer(self.optimizer_factory, self.model.parameters())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lr_factor)
         return {

@@ -22,12 +22,17 @@ from hydra.errors import HydraException
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from iwae.assembly import build
-from iwae.device import check_accelerator
 from iwae.errors import UserError, check_bool, check_number, check_optional_int, check_positive_int
 from iwae.evaluation import widest_layer
-from iwae.memory_check import check_eval_memory, check_fits, evaluation_bytes, training_step_bytes
-from iwae.resolvers import in_multirun
+from iwae.launch.assembly import build
+from iwae.launch.device import check_accelerator
+from iwae.launch.memory_check import (
+    check_eval_memory,
+    check_fits,
+    evaluation_bytes,
+    training_step_bytes,
+)
+from iwae.launch.resolvers import in_multirun
 
 _OTHER_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torchvision
 
-from iwae.checkpointing import write_bytes_atomic
+from iwae.training.checkpointing import write_bytes_atomic
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """The one place that turns a config into objects: data, model, module, trainer, and a saved
 run rebuilt from its checkpoint.
 
-The entry points sit above it, side by side: training (`iwae.run`), ``mode=eval``
-(`iwae.eval_checkpoint`), the fused launcher (`iwae.fused`) and the report tools
+The entry points sit above it, side by side: training (`iwae.launch.run`), ``mode=eval``
+(`iwae.launch.eval_checkpoint`), the fused launcher (`iwae.fused`) and the report tools
 (`iwae.reports`). None of them calls ``hydra.utils.instantiate`` itself: `build` lets a
 constructor's one-line `UserError` through, which Hydra would wrap in a traceback.
 """
@@ -23,14 +23,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from iwae.allowlist import rebuild_config
-from iwae.checkpointing import atomic_checkpoint_plugins, check_state_dict_matches, load_checkpoint
 from iwae.errors import UserError
-from iwae.loggers import run_config
+from iwae.launch.allowlist import rebuild_config
+from iwae.launch.resolvers import parallel_sweep_job, running_hydra
 from iwae.model import IWAEModel
-from iwae.module import IWAEModule
-from iwae.resolvers import parallel_sweep_job, running_hydra
-from iwae.resume import use_epoch_exact_fit_loop
+from iwae.training.checkpointing import (
+    atomic_checkpoint_plugins,
+    check_state_dict_matches,
+    load_checkpoint,
+)
+from iwae.training.loggers import run_config
+from iwae.training.module import IWAEModule
+from iwae.training.resume import use_epoch_exact_fit_loop
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
@@ -77,7 +81,7 @@ def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.T
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(output_dir),
-        # Atomic checkpoint writes and weights_only loads (iwae/checkpointing.py).
+        # Atomic checkpoint writes and weights_only loads (iwae/training/checkpointing.py).
         plugins=atomic_checkpoint_plugins([build(p) for p in cfg.trainer.get("plugins") or []]),
     )
     use_epoch_exact_fit_loop(trainer)  # resuming with max_steps set skipped an epoch

@@ -35,6 +35,15 @@ ALLOWED_TARGETS: dict[str, frozenset[str]] = {
 }
 # ``_partial_: true`` is how conf/optimizer hands Adam to the module without its parameters.
 _PARTIAL_GROUPS = ("optimizer",)
+# Where classes lived before `iwae/` was split into packages: a checkpoint written then names
+# them by their old module in its stored config (callbacks and the like, which a resume compares
+# with today's config). `current_names` rewrites those names to today's.
+_TRAINING = ("module", "callbacks", "nonfinite", "checkpointing", "resume", "optim", "loggers")
+_TRAINING_MORE = ("outputs", "finetune")
+RENAMED: dict[str, str] = {
+    **{f"iwae.{name}.": f"iwae.training.{name}." for name in (*_TRAINING, *_TRAINING_MORE)},
+    "iwae.diagnostics.GradientDiagnostics": "iwae.training.diagnostics.GradientDiagnostics",
+}
 # Plain settings a rebuilt run reads (threads, seed, eval.k): they may hold no `_target_`.
 _PLAIN_KEYS = ("k", "seed", "threads", "eval")
 
@@ -62,10 +71,33 @@ def check_node(group: str, node: Any, where: str) -> None:
         raise UserError(f"{where}: interpolation {node!r} is not allowed in a stored config")
 
 
+def current_names(node: Any) -> Any:
+    """``node`` (a stored config: plain dicts, lists, scalars) with every ``_target_`` that
+    names a class by its module before the package split renamed to where it is now."""
+    if isinstance(node, Mapping):
+        return {
+            key: _renamed(value) if key == "_target_" else current_names(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list | tuple):
+        return [current_names(value) for value in node]
+    return node
+
+
+def _renamed(target: Any) -> Any:
+    if not isinstance(target, str):
+        return target
+    for old, new in RENAMED.items():
+        if target.startswith(old):
+            return new + target[len(old) :]
+    return target
+
+
 def rebuild_config(stored: Mapping[str, Any], source: str) -> DictConfig:
     """The stored run config, limited to what can be rebuilt safely, or a one-line `UserError`
     naming ``source`` (the checkpoint) and the offending key. Nothing is called."""
     safe: dict[str, Any] = {}
+    stored = current_names(stored)
     for key in (*ALLOWED_TARGETS, *_PLAIN_KEYS):
         if key not in stored:
             continue

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Hydra's flags that take the next word as their value (``-sc install=bash``, ``--cfg job``).
 _FLAGS_WITH_VALUE = {
@@ -136,7 +136,9 @@ def check_overrides(
 
 
 def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
-    from iwae.config_check import check_override_keys  # misspelled keys, unparsable overrides
+    from iwae.launch.config_check import (
+        check_override_keys,  # misspelled keys, unparsable overrides
+    )
 
     argv = sys.argv[1:] if argv is None else argv
     if hydra_overrides(argv) is None:

@@ -10,7 +10,9 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 
-from iwae.assembly import (
+from iwae.evaluation import test_metrics
+from iwae.launch.allowlist import current_names
+from iwae.launch.assembly import (
     build_module,
     build_trainer,
     hydra_choices,
@@ -18,14 +20,13 @@ from iwae.assembly import (
     resolve_ckpt_path,
     run_summary,
 )
-from iwae.checkpointing import check_state_dict_matches, load_checkpoint
-from iwae.config_check import check_ddp_launch, check_run_values
-from iwae.device import set_flush_denormal, set_torch_threads
-from iwae.evaluation import test_metrics
-from iwae.loggers import finish_wandb, log_run_media
-from iwae.outputs import format_results, save_sample_grid, write_json_atomic
-from iwae.resolvers import parallel_sweep_job
-from iwae.resume import check_resume_config, resume_requested
+from iwae.launch.config_check import check_ddp_launch, check_run_values
+from iwae.launch.device import set_flush_denormal, set_torch_threads
+from iwae.launch.resolvers import parallel_sweep_job
+from iwae.training.checkpointing import check_state_dict_matches, load_checkpoint
+from iwae.training.loggers import finish_wandb, log_run_media
+from iwae.training.outputs import format_results, save_sample_grid, write_json_atomic
+from iwae.training.resume import check_resume_config, resume_requested
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if ckpt_path:  # one clear line for a truncated, unsafe or mismatched file, before Lightning
         checkpoint = load_checkpoint(ckpt_path)
         check_state_dict_matches(checkpoint, module, ckpt_path)  # the clearer line for that
-        check_resume_config(checkpoint.get("iwae_config"), module.config, ckpt_path)
+        stored = checkpoint.get("iwae_config")
+        check_resume_config(current_names(stored), module.config, ckpt_path)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = run_summary(module.objective, datamodule, cfg.seed, hydra_choices().get("model"))

@@ -1,0 +1,163 @@
+"""The data behind the report's figures: NLL against k (with the paper's numbers), learning
+curves from the CSV logs, and the figures that load the trained models (unit variances, data /
+reconstructions / samples, the bound against k of the best model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iwae.evaluation import active_units, bound_vs_k, format_units
+from iwae.reports import figures, paper
+from iwae.reports.runs import Run, best_run, best_runs, panel, section_title, selection_basis
+from iwae.training.outputs import write_json_atomic
+
+Curves = dict[str, dict[tuple[str, int], dict[int, Any]]]
+
+
+def nll_curves(rows: list[dict[str, Any]]) -> Curves:
+    """``{dataset: {(objective, layers): {k: (mean test NLL, standard error)}}}`` for
+    `figures.nll_vs_k`: the error is the run's own over test images, or over the seeds of a
+    cell with several runs (as in the table)."""
+    cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        title = section_title(r["data"], r["binarization"] or "")
+        cells[title][(r["objective"], r["layers"])][r["k"]].append(r)
+    return {
+        title: {
+            line: {k: _mean_stderr(runs) for k, runs in points.items()}
+            for line, points in lines.items()
+        }
+        for title, lines in cells.items()
+    }
+
+
+def _mean_stderr(rows: list[dict[str, Any]]) -> tuple[float, float | None]:
+    nlls = [r["test_nll"] for r in rows]
+    if len(nlls) > 1:
+        return sum(nlls) / len(nlls), statistics.stdev(nlls) / math.sqrt(len(nlls))
+    stderr = rows[0].get("test_nll_stderr")
+    return nlls[0], float(stderr) if stderr not in (None, "") else None
+
+
+def paper_curves(rows: list[dict[str, Any]]) -> Curves:
+    """The paper's NLLs at the (dataset, layers, objective, k) the rows trained, in the shape
+    of `nll_curves` without errors; empty for data the paper did not use."""
+    curves: dict = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        data, binarization = r["data"], r["binarization"] or ""
+        value = paper.paper_value(data, binarization, r["layers"], r["objective"], r["k"])
+        if value is not None:
+            curves[section_title(data, binarization)][(r["objective"], r["layers"])][r["k"]] = (
+                value[0]
+            )
+    return {title: dict(lines) for title, lines in curves.items()}
+
+
+def learning_curve_data(runs: list[Run]) -> dict[str, dict[str, tuple[list, list]]]:
+    """Validation bound by step from each run's CSVLogger file (``**/metrics.csv``)."""
+    panels: dict = defaultdict(dict)
+    for run in runs:
+        logs = sorted(run.path.rglob("metrics.csv"))
+        if not logs:
+            continue
+        with open(logs[0]) as f:
+            points = [r for r in csv.DictReader(f) if r.get("val/bound")]
+        if points:
+            steps = [int(r["step"]) + 1 for r in points]
+            panels[panel(run)][run.label] = (steps, [float(r["val/bound"]) for r in points])
+    return dict(panels)
+
+
+@torch.no_grad()
+def sample_grid(model, x: torch.Tensor, image_shape: tuple[int, ...], n: int = 8) -> torch.Tensor:
+    """``[4n, 1, H, W]``: n test images, their reconstructions (Bernoulli means of x at the
+    mean of q(h1 | x)), then 2n samples from the model."""
+    x = x[:n]
+    mean, _ = model.encoder[0](x)
+    recon = torch.sigmoid(model.decoder[0](mean))
+    samples = model.sample(2 * n, generator=torch.Generator(device=x.device).manual_seed(0))
+    return torch.cat([x, recon, samples]).view(-1, 1, *image_shape[-2:]).cpu()
+
+
+def bound_curve(
+    run: Run, ks: list[int], chunk_size: int, seed: int, loaded: Any = None
+) -> list[dict[str, float]]:
+    """L_k against k for ``run``: from its metrics when evaluated with eval.bound_ks, else
+    computed from its checkpoint (or the already ``loaded`` run) and cached in
+    ``bound_vs_k.json`` beside it."""
+    if run.metrics.get("test/bound_vs_k"):
+        return run.metrics["test/bound_vs_k"]
+    cache = run.path / "bound_vs_k.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("ks") == ks and saved.get("seed") == seed:
+            return saved["curve"]
+    from iwae.launch.assembly import load_run
+    from iwae.launch.device import default_device
+
+    loaded = loaded or load_run(run.checkpoint(), default_device())
+    curve = bound_vs_k(loaded.model, loaded.test_batches(), ks, chunk_size, seed)
+    write_json_atomic(cache, {"ks": ks, "seed": seed, "chunk_size": chunk_size, "curve": curve})
+    return curve
+
+
+def _unit_variances(run: Run, loaded: Any, test: list, panels: dict) -> None:
+    """Add ``run``'s sorted unit variances, one panel per stochastic layer, to ``panels``."""
+    per_layer = run.metrics.get("test/unit_variances")
+    if per_layer is None:  # runs evaluated before unit variances were written
+        threshold = (run.config.get("eval") or {}).get("active_threshold", 0.01)
+        per_layer = [v.tolist() for v in active_units(loaded.model, test, threshold)[1]]
+    units = format_units(run.metrics.get("test/active_units_per_layer", []))
+    for layer, values in enumerate(per_layer, 1):
+        panels[f"{panel(run)}: h{layer}"][f"{run.label} ({units})"] = values
+
+
+BASIS_WORDS = {"val": "best validation bound", "test": "lowest test NLL (no run logged val/bound)"}
+
+
+def checkpoint_figures(
+    runs: list[Run], root: Path, ks: list[int], chunk_size: int, seed: int
+) -> dict[str, Path]:
+    """Figures that need the trained models: unit variances, samples, bound vs k (of the
+    best model by validation bound, `selection_basis`)."""
+    from iwae.launch.assembly import load_run
+    from iwae.launch.device import default_device
+
+    runs = [r for r in runs if r.checkpoint() is not None]
+    if not runs:
+        return {}
+    basis = selection_basis(runs)
+    chosen, best = best_runs(runs, basis), best_run(runs, basis)
+    if basis == "test":
+        print(
+            "bound_vs_k.png, samples_reconstructions.png: no run logged val/bound, so the best "
+            "model is the one with the lowest test NLL"
+        )
+    variances: dict = defaultdict(dict)
+    grids, curve = {}, []
+    for run in runs:
+        loaded = load_run(run.checkpoint(), default_device())  # k=5000 curves: on the GPU
+        test = loaded.test_batches()
+        _unit_variances(run, loaded, test, variances)
+        if run in chosen:
+            title = f"{run.label}, {panel(run)}: data / reconstructions / samples"
+            grids[title] = sample_grid(loaded.model, test[0], loaded.datamodule.image_shape)
+        if run is best:
+            curve = bound_curve(best, ks, chunk_size, seed, loaded)
+    title = (
+        f"{best.label}, {panel(best)} ({best.path.relative_to(root.parent)}),\n"
+        f"the model with the {BASIS_WORDS[basis]}"
+    )
+    return {
+        "unit_variances": figures.unit_variances(variances, root / "unit_variances.png"),
+        "samples_reconstructions": figures.image_grids(grids, root / "samples_reconstructions.png"),
+        "bound_vs_k": figures.bound_vs_k(curve, root / "bound_vs_k.png", title),
+    }
