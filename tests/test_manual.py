@@ -33,11 +33,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-try:  # the package layout: the command line's checks live in iwae.launch
-    from iwae.launch import cli, config_check
-except ImportError:  # the flat layout before it
-    from iwae import cli, config_check
 from iwae.errors import UserError
+from iwae.launch import cli, config_check
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
