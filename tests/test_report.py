@@ -130,7 +130,7 @@ def test_committed_table_is_generated_from_its_csv_and_copied_into_the_readme():
     """The README's Table 1 numbers come from the committed report files, not from a keyboard."""
     table = (DOCS / "table1.md").read_text()
     assert table1_markdown(read_csv(DOCS / "table1.csv")) == table
-    readme = (DOCS.parent.parent / "README.md").read_text()
+    readme = (DOCS.parent / "reproduction.md").read_text()
     section = readme.split("## Results: Table 1 at small scale", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows and all(row in section.splitlines() for row in rows)
