@@ -154,12 +154,27 @@ def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
 def quiet_third_party_noise() -> None:
     """Drop messages that mislead or distract on every run: Lightning's advert for its cloud
     logger, its hint to use ``srun`` whenever SLURM is installed (runs here are launched by
-    Hydra's submitit launcher instead), and a deprecation inside Lightning's own code.
+    Hydra's submitit launcher instead), a deprecation inside Lightning's own code, and the
+    lines that read like problems but are this project's design:
+
+    - "Checkpoint directory ... exists and is not empty": every resume (``resume=true``) and
+      every requeued job writes into its own run directory's ``checkpoints/`` on purpose.
+    - "The number of training batches (10) is smaller than the logging interval": a short run
+      logs its metrics at the epoch's end anyway (``on_epoch=True``).
+    - "`weights_only` was not set, defaulting to `False`": Lightning says so when a callback
+      saves a full checkpoint (the preemption save); full is what resuming needs, and every
+      checkpoint is read with ``weights_only=True`` (iwae/training/checkpointing.py).
+    - W&B's "The anonymous setting has no effect" (`quiet_wandb`), which Lightning's logger
+      causes on every run by passing ``anonymous=None``.
 
     Called in the launching process and again in every job (a joblib worker is a fresh
     process that inherits none of these filters)."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings(
+        "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging"
+    )
     # conf/hydra/launcher/joblib.yaml has the name of the joblib plugin's own config on
     # purpose (`hydra/launcher=joblib` is the name users know); Hydra then checks it against
     # the plugin's schema, which catches misspelt keys, and warns that such matching is
@@ -167,16 +182,119 @@ def quiet_third_party_noise() -> None:
     warnings.filterwarnings(
         "ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema"
     )
-    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if not any(getattr(f, "iwae_quiet", False) for f in rank_zero.filters):
-        rank_zero.addFilter(_QuietLitLogger())
+    for name, text in (
+        ("pytorch_lightning.utilities.rank_zero", "litlogger"),
+        ("pytorch_lightning.trainer.connectors.checkpoint_connector", "`weights_only` was not set"),
+    ):
+        logger = logging.getLogger(name)
+        if not any(getattr(f, "iwae_quiet", False) for f in logger.filters):
+            logger.addFilter(_DropMessage(text))
 
 
-class _QuietLitLogger(logging.Filter):
-    iwae_quiet = True  # added once per process, however often the jobs ask
+class _DropMessage(logging.Filter):
+    """Drops the log records whose message contains ``text``."""
+
+    iwae_quiet = True  # added once per logger and process, however often the jobs ask
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        return self.text not in record.getMessage()
+
+
+WANDB_ANONYMOUS = "The anonymous setting has no effect and will be removed in a future version."
+
+
+def quiet_wandb(loggers: object) -> None:
+    """Mark W&B's anonymous-setting warning as printed already: W&B prints such a message
+    (``repeat=False``) once a process, and offers no filter. Imports wandb, so only when
+    ``loggers`` (the ``logger`` config node) has a W&B logger."""
+    nodes = loggers.values() if hasattr(loggers, "values") else []
+    if not any("wandb" in str((node or {}).get("_target_", "")).lower() for node in nodes):
+        return
+    try:
+        from wandb.errors import term
+    except ImportError:
+        return
+    printed = getattr(term, "_printed_messages", None)
+    if isinstance(printed, set):
+        printed.add(WANDB_ANONYMOUS)
+
+
+def search_space_as_arguments(argv: list[str]) -> list[str]:
+    """``hydra.sweeper.params.optimizer.lr=interval(1e-4,3e-3)`` written as the Optuna sweeper
+    reads a search space from the command line: ``optimizer.lr=interval(1e-4,3e-3)``.
+
+    Hydra refuses a sweep inside its own config ("Sweeping over Hydra's configuration is not
+    supported"), and OmegaConf would nest a dotted key (``params: {optimizer: {lr: ...}}``),
+    so the entry cannot be set in place. The sweeper adds the command line's overrides to its
+    ``params``, one of the same key replacing the config's: the same study."""
+    out = []
+    for word in argv:
+        bare = word.lstrip("+")
+        if not word.startswith("-") and bare.startswith(SEARCH_SPACE) and "=" in bare:
+            out.append(bare[len(SEARCH_SPACE) :])
+        else:
+            out.append(word)
+    return out
+
+
+SEARCH_SPACE = "hydra.sweeper.params."
+
+
+def run_dir_is_new(argv: list[str]) -> bool:
+    """Whether a single run's directory does not exist before this process: only then may a
+    refused run remove it. Hydra's default directory is named after the clock (a new one
+    each second); a sweep's job directories are never removed."""
+    if "-m" in argv or "--multirun" in argv:
+        return False
+    given = None
+    for word in argv:
+        name, sep, value = word.partition("=")
+        if sep and name.lstrip("+") == "hydra.run.dir":
+            given = value.strip("'\"")
+    return given is None or "${" in given or not Path(given).exists()
+
+
+def remove_refused_run_dir(run_dir: Path, job_name: str) -> bool:
+    """Remove ``run_dir`` if it holds nothing but what Hydra and the run lock wrote before the
+    run was refused (``.hydra/*.yaml``, ``<job>.log``, ``.iwae.lock``): bad input leaves no
+    directory that looks like a run. Anything else in it keeps it. Returns whether it was
+    removed."""
+    import shutil
+
+    own = {".hydra", f"{job_name}.log", ".iwae.lock"}
+    try:
+        entries = list(run_dir.iterdir())
+        hydra_files = list((run_dir / ".hydra").iterdir()) if (run_dir / ".hydra").is_dir() else []
+    except OSError:
+        return False
+    if any(p.name not in own or p.is_symlink() for p in entries) or any(
+        p.suffix != ".yaml" or not p.is_file() or p.is_symlink() for p in hydra_files
+    ):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+def no_validation_error(hydra_cfg: object, metrics: dict) -> UserError | None:
+    """The one line for a trial of an Optuna study that ended before any validation, else None.
+
+    Optuna gets nothing to minimise from such a trial; as every trial trains for the same
+    number of steps, none would, and the study would end in Optuna's "No trials are completed
+    yet" traceback after training them all. So the first such trial stops the study."""
+    sweeper = str(getattr(getattr(hydra_cfg, "sweeper", None), "_target_", ""))
+    if "optuna" not in sweeper.lower():
+        return None
+    steps = metrics.get("train/steps")
+    return UserError(
+        f"this trial ended after {steps} training steps without a validation, so it has no "
+        "val/bound for the Optuna sweeper to minimise (nor would any trial); let each trial "
+        "reach the end of an epoch: raise trainer.max_steps or drop it, or validate within an "
+        "epoch with trainer.val_check_interval=<steps>"
+    )
 
 
 quiet_third_party_noise()

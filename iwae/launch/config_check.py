@@ -15,24 +15,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from iwae.errors import UserError, check_bool, check_number, check_optional_int, check_positive_int
-from iwae.evaluation import widest_layer
-from iwae.launch.assembly import build
-from iwae.launch.device import check_accelerator
-from iwae.launch.memory_check import (
-    check_eval_memory,
-    check_fits,
-    evaluation_bytes,
-    training_step_bytes,
-)
 from iwae.launch.resolvers import in_multirun
+
+# Nothing above imports torch or Lightning: the pre-check (`check_override_keys`, the plain
+# value checks) answers a typo before those load, which takes seconds. The checks that build
+# objects import them inside.
 
 _OTHER_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
@@ -57,6 +50,9 @@ def _first_choices(overrides: list[str]) -> list[str] | str:
             reason = str(err).strip().splitlines()[0]
             return f"cannot parse the override {text!r} ({reason}); write key=value"
         if override.is_sweep_override():
+            reversed_ends = _reversed_interval(override)
+            if reversed_ends:
+                return reversed_ends
             first = _first_value(override)
             if first is None:
                 continue  # glob() and the like: Hydra expands them; the key is checked there
@@ -79,6 +75,19 @@ def _first_value(override: Any) -> str | None:
         return next(iter(override.sweep_string_iterator()), None)
     except Exception:  # a sweep kind this Hydra cannot iterate
         return None
+
+
+def _reversed_interval(override: Any) -> str | None:
+    """One line for ``interval(high, low)``, which Optuna refuses with a traceback."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    value = override.value()
+    if isinstance(value, IntervalSweep) and value.start > value.end:
+        return (
+            f"{override.input_line}: the interval's low end comes first; write "
+            f"interval({value.end}, {value.start})"
+        )
+    return None
 
 
 def _suggest(cfg: DictConfig, key: str) -> str:
@@ -107,8 +116,7 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
         return overrides
     with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
         try:
-            compose(config_name, overrides=overrides, return_hydra_config=True)
-            return None
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         except HydraException as err:
             message = str(err)
             match = _BAD_OVERRIDE.search(message)
@@ -130,6 +138,49 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
                 f"unknown config key {key!r}{_suggest(cfg, key)}; to add a new key on purpose "
                 f"write +{key}={value}"
             )
+    return check_plain_values(cfg, multirun="-m" in argv or "--multirun" in argv)
+
+
+def check_plain_values(cfg: DictConfig, multirun: bool = False) -> str | None:
+    """One line for a bad value that needs no torch to see (``k=abc``, ``seed=-1``,
+    ``eval.k=0``, ``optimizer.lr=-1``, ``hydra.sweeper.n_trials=0``), else None.
+
+    Run on the composed config before Hydra starts, so such a run is refused before Hydra
+    creates its run directory. A sweep is checked at its first values here and at each value
+    by `check_run_values`. A value that cannot be read yet (an interpolation of Hydra's
+    runtime) is left to that check too.
+    """
+    from iwae.launch.resolvers import register_resolvers
+
+    register_resolvers()
+    try:
+        if str(cfg.get("mode", "train")) not in ("train", "eval"):
+            return f"unknown mode {cfg.mode!r}; choose one of: train, eval"
+        check_plain_top_level(cfg)
+        check_eval_values(cfg.eval, mode=str(cfg.get("mode", "train")))
+        check_optimizer(cfg.optimizer)
+        max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
+        if max_epochs is not None:
+            check_positive_int("trainer.max_epochs", max_epochs)
+        if multirun:
+            check_sweeper(cfg.hydra.sweeper)
+    except UserError as err:
+        return str(err)
+    except Exception:  # noqa: BLE001 - unreadable until Hydra runs: the run's checks report it
+        return None
+    return None
+
+
+def check_sweeper(sweeper: DictConfig) -> None:
+    """An Optuna study that would end in Optuna's traceback: no trials to run."""
+    if "optuna" not in str(sweeper.get("_target_", "")):
+        return
+    n_trials = sweeper.get("n_trials")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise UserError(
+            f"hydra.sweeper.n_trials must be an integer >= 1 (the trials the study runs), "
+            f"got {n_trials!r}"
+        )
 
 
 def check_run_values(cfg: DictConfig) -> Any:
@@ -149,6 +200,8 @@ def check_run_values(cfg: DictConfig) -> Any:
         check_positive_int("trainer.max_epochs", max_epochs)
     for group in ("model", "objective", "data", "schedule", "optimizer"):
         check_arguments(group, cfg[group])
+    from iwae.launch.assembly import build
+
     objective, _ = build(cfg.objective), build(cfg.schedule)
     datamodule = build(cfg.data)
     datamodule.steps_per_batch = check_steps_per_batch(cfg)
@@ -164,7 +217,15 @@ def check_run_values(cfg: DictConfig) -> Any:
 
 
 def check_top_level(cfg: DictConfig) -> None:
-    """``k``, ``seed``, ``threads``, ``resume``: the keys outside any group."""
+    """``k``, ``seed``, ``threads``, ``resume``: the keys outside any group; the accelerator."""
+    from iwae.launch.device import check_accelerator
+
+    check_plain_top_level(cfg)
+    check_accelerator((cfg.get("trainer") or {}).get("accelerator", "auto"))
+
+
+def check_plain_top_level(cfg: DictConfig) -> None:
+    """The top-level keys whose check needs no torch (the pre-check runs it)."""
     check_positive_int("k", cfg.get("k"))
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -172,7 +233,6 @@ def check_top_level(cfg: DictConfig) -> None:
     check_optional_int("threads", cfg.get("threads"), meaning=" (null: a share of the cores)")
     check_bool("resume", cfg.get("resume", False))
     check_bool("flush_denormal", cfg.get("flush_denormal", True))
-    check_accelerator((cfg.get("trainer") or {}).get("accelerator", "auto"))
 
 
 def check_steps_per_batch(cfg: DictConfig) -> int:
@@ -241,6 +301,8 @@ def check_optimizer(optimizer: DictConfig) -> None:
 def check_arguments(group: str, node: DictConfig) -> None:
     """One line for a key the group's class does not take (Hydra would raise a TypeError
     inside a multi-line InstantiationException when building it)."""
+    from hydra.utils import get_class
+
     try:
         accepted = constructor_arguments(get_class(node._target_))
     except Exception as err:  # ImportError, or a _target_ that is not a class
@@ -273,6 +335,17 @@ def constructor_arguments(cls: type) -> set[str] | None:
 
 def check_memory(cfg: DictConfig, samples: int, datamodule: Any) -> None:
     """The training step, the validation bound and the final evaluation each fit in memory."""
+    import torch
+
+    from iwae.evaluation import widest_layer
+    from iwae.launch.assembly import build
+    from iwae.launch.memory_check import (
+        check_eval_memory,
+        check_fits,
+        evaluation_bytes,
+        training_step_bytes,
+    )
+
     with torch.device("meta"):  # shapes only: a model too big to build is caught here too
         model = build(cfg.model, input_dim=datamodule.input_dim)
     device = (cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("strategy", "auto"))
