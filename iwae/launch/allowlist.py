@@ -9,7 +9,8 @@ group that is rebuilt must be one of that group's classes below (the ones ``conf
 special keys (``_args_``, ``_partial_``, ``_recursive_``, ``_convert_``) and interpolations
 (a resolver such as ``oc.decode`` could build a new ``_target_``), are refused: a stored
 config is resolved before it is saved, so a genuine one has none. Nothing else of the
-stored config is kept.
+stored config is kept, nor where its data came from (``data.root``, ``data.download``,
+``data.base_url``): a rebuild reads local files only.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ RENAMED: dict[str, str] = {
     **{f"iwae.{name}.": f"iwae.training.{name}." for name in (*_TRAINING, *_TRAINING_MORE)},
     "iwae.diagnostics.GradientDiagnostics": "iwae.training.diagnostics.GradientDiagnostics",
 }
+# Where a data module finds or fetches its files: taken from the command line or the machine's
+# own data directory (`iwae.launch.assembly.build_data`), never from a stored config, so that a
+# checkpoint cannot make a rebuild download from its URL or write into its directory.
+LOCAL_DATA_KEYS = ("download", "base_url", "root")
 # Plain settings a rebuilt run reads (threads, seed, eval.k): they may hold no `_target_`.
 _PLAIN_KEYS = ("k", "seed", "threads", "eval")
 
@@ -108,6 +113,8 @@ def rebuild_config(stored: Mapping[str, Any], source: str) -> DictConfig:
                 raise UserError(f"{key} has no _target_")
         except UserError as err:
             raise UserError(f"refused to rebuild {source}: {err}") from None
+        if key == "data":
+            value = {k: v for k, v in value.items() if k not in LOCAL_DATA_KEYS}
         safe[key] = value
     try:
         return OmegaConf.create(safe)

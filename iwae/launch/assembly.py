@@ -9,6 +9,7 @@ constructor's one-line `UserError` through, which Hydra would wrap in a tracebac
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -210,6 +211,15 @@ def load_run(
             f"{ckpt_path} holds non-finite weights (model.{bad}): the run diverged before it "
             "was saved; evaluate an earlier checkpoint"
         )
+    trained = _trained_input_dim(state)
+    if trained is not None and trained != datamodule.input_dim:
+        scored = data_path or f"data={datamodule.name}"
+        shape = "x".join(str(n) for n in datamodule.image_shape)
+        raise UserError(
+            f"{scored} has {datamodule.input_dim} pixels an image ({shape}), but the model in "
+            f"{ckpt_path} was trained on {trained} pixels an image; score it on data of its "
+            "own image size"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -224,21 +234,38 @@ def load_run(
     return LoadedRun(model.to(device).eval(), datamodule, config, checkpoint)
 
 
+def _trained_input_dim(state: Mapping[str, Any]) -> int | None:
+    """Pixels an image of the data a model's weights were trained on: the length of the first
+    decoder layer's output bias (one Bernoulli mean a pixel); None if the state has none."""
+    bias = state.get("decoder.0.head.bias")
+    return int(bias.shape[0]) if isinstance(bias, Tensor) and bias.dim() == 1 else None
+
+
 def _non_finite(value: Any) -> bool:
     return isinstance(value, Tensor) and value.is_floating_point() and not value.isfinite().all()
+
+
+def machine_data_dir() -> str:
+    """This machine's data directory, as ``paths.data_dir`` (conf/paths) sets it."""
+    return os.environ.get("IWAE_DATA_DIR") or "data"
 
 
 def build_data(config: DictConfig, checkpoint: Mapping, source: str, data_path: str | None) -> Any:
     """The run's prepared datamodule. A user data file (``data=npz``/``folder``) is read from
     the absolute path stored in the checkpoint and must have the SHA-256 stored with it;
-    ``data_path`` (``eval.data_path``) scores another file on purpose."""
+    ``data_path`` (``eval.data_path``) scores another file on purpose.
+
+    A dataset's files are looked for in this machine's data directory and never downloaded:
+    the stored config's root, URL and download setting were dropped by `rebuild_config`, so
+    a crafted checkpoint cannot fetch files or write them anywhere."""
     node = config.data
+    node.root = machine_data_dir()
     saved = checkpoint.get(str(node._target_).rsplit(".", 1)[-1])  # Lightning's datamodule state
     saved = saved.get("data_file") if isinstance(saved, Mapping) else None
     if "path" not in node:
         if data_path:
             raise UserError(f"eval.data_path is for runs on data=npz or data=folder, not {source}")
-        return prepared_data(node)
+        return prepared_data(node, download=False)
     if data_path:
         node.path = data_path
     elif isinstance(saved, Mapping):
@@ -248,7 +275,7 @@ def build_data(config: DictConfig, checkpoint: Mapping, source: str, data_path: 
             f"{source} stores the relative data.path {node.path!r} and no checksum, so which "
             "file it was trained on is unknown; pass eval.data_path=<that file>"
         )
-    datamodule = prepared_data(node)
+    datamodule = prepared_data(node, download=False)
     if not data_path and saved and saved.get("sha256") != datamodule.data_sha256:
         raise UserError(
             f"data file {node.path} changed since {source} was written (SHA-256 "
@@ -258,8 +285,11 @@ def build_data(config: DictConfig, checkpoint: Mapping, source: str, data_path: 
     return datamodule
 
 
-def prepared_data(node: DictConfig) -> Any:
-    """The datamodule of a ``data`` config node, its files read and split."""
+def prepared_data(node: DictConfig, download: bool = True) -> Any:
+    """The datamodule of a ``data`` config node, its files read and split; ``download=False``
+    only looks for them locally, whatever the node says."""
     datamodule = build(node)
+    if not download and hasattr(datamodule, "allow_download"):
+        datamodule.allow_download = False
     datamodule.prepare()
     return datamodule

@@ -18,7 +18,6 @@ Writes ``binarization_study.md`` and ``binarization_study.json`` into the multir
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from datamodules.base import binarize_once
 from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import evaluate_nll
 from iwae.launch.assembly import load_run as load_checkpoint_run
+from iwae.reports.files import read_json, regular_file_inside
 from iwae.training.outputs import write_json_atomic
 
 
@@ -42,9 +42,7 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
     if config.get("threads"):  # the share of the cores the run itself was given
         torch.set_num_threads(int(config["threads"]))
     metrics_file = run_dir / "metrics.json"
-    steps = (
-        json.loads(metrics_file.read_text()).get("train/steps") if metrics_file.is_file() else None
-    )
+    steps = read_json(metrics_file).get("train/steps") if metrics_file.is_file() else None
     if steps is not None and run.checkpoint.get("global_step") != steps:
         raise UserError(
             f"{ckpt_path} is from step {run.checkpoint.get('global_step')} but the run trained "
@@ -71,11 +69,7 @@ def study_run(
     size = dm.eval_batch_size
     train_nll = evaluate_nll(model, batches(train, size), k, chunk_size, seed)
     test_nll = evaluate_nll(model, batches(dm.splits.test, size), k, chunk_size, seed)
-    metrics = (
-        json.loads((run_dir / "metrics.json").read_text())
-        if (run_dir / "metrics.json").is_file()
-        else {}
-    )
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
     return {
         "run": run_dir.name,
         "data": dm.name,
@@ -116,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-images", type=int, help="training images scored (default: all)")
     parser.add_argument("--chunk-size", type=int, default=250)
     args = parser.parse_args(argv)
-    runs = sorted(p.parent.parent for p in args.multirun_dir.glob("*/checkpoints/last.ckpt"))
+    root = args.multirun_dir
+    found = root.glob("*/checkpoints/last.ckpt")
+    runs = sorted(p.parent.parent for p in found if regular_file_inside(p, root))
     if not runs:
         raise UserError(f"no */checkpoints/last.ckpt under {args.multirun_dir}")
     rows = [study_run(r, args.k, args.train_images, args.chunk_size) for r in runs]

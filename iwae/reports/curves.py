@@ -5,7 +5,6 @@ reconstructions / samples, the bound against k of the best model)."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -16,6 +15,7 @@ import torch
 
 from iwae.evaluation import active_units, bound_vs_k, format_units
 from iwae.reports import figures, paper
+from iwae.reports.files import read_json
 from iwae.reports.runs import Run, best_run, best_runs, panel, section_title, selection_basis
 from iwae.training.outputs import write_json_atomic
 
@@ -65,7 +65,9 @@ def learning_curve_data(runs: list[Run]) -> dict[str, dict[str, tuple[list, list
     """Validation bound by step from each run's CSVLogger file (``**/metrics.csv``)."""
     panels: dict = defaultdict(dict)
     for run in runs:
-        logs = sorted(run.path.rglob("metrics.csv"))
+        logs = sorted(
+            p for p in run.path.rglob("metrics.csv") if run.file(p.relative_to(run.path).as_posix())
+        )
         if not logs:
             continue
         with open(logs[0]) as f:
@@ -96,8 +98,8 @@ def bound_curve(
     if run.metrics.get("test/bound_vs_k"):
         return run.metrics["test/bound_vs_k"]
     cache = run.path / "bound_vs_k.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
+    if run.file(cache.name):
+        saved = read_json(cache)
         if saved.get("ks") == ks and saved.get("seed") == seed:
             return saved["curve"]
     from iwae.launch.assembly import load_run

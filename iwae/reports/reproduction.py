@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -32,6 +31,7 @@ import torch
 from datamodules.base import binarize_once
 from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import active_units, evaluate_nll
+from iwae.reports.files import read_json, regular_file_inside
 from iwae.training.outputs import write_json_atomic
 
 CSV_NAME, TABLE_NAME = "runs.csv", "table.md"
@@ -42,8 +42,10 @@ FIELDS = [
 ]  # fmt: skip
 
 
-def snapshots(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints" / "snapshots").glob("*.ckpt"))
+def snapshots(run_dir: Path, root: Path | None = None) -> list[Path]:
+    """The run's snapshot checkpoints: regular files inside ``root`` (default: the run)."""
+    found = (run_dir / "checkpoints" / "snapshots").glob("*.ckpt")
+    return sorted(p for p in found if regular_file_inside(p, root or run_dir))
 
 
 def evaluate_snapshot(
@@ -97,7 +99,8 @@ def evaluate_runs(run_dirs: Iterable[Path], **kw: Any) -> None:
 
 def load_points(root: Path) -> list[dict[str, Any]]:
     """Every evaluated snapshot below ``root``, sorted by configuration, seed and step."""
-    points = [json.loads(p.read_text()) for p in root.rglob("*.eval.json")]
+    found = [p for p in root.rglob("*.eval.json") if regular_file_inside(p, root)]
+    points = [read_json(p) for p in found]
     return sorted(points, key=lambda p: (p["model"], p["k"], p["objective"], p["seed"], p["step"]))
 
 

@@ -5,7 +5,6 @@ are "best" (by validation bound, keeping the test set out of the choice)."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from iwae.evaluation import format_units
+from iwae.reports.files import read_json, regular_file_inside
 
 OBJECTIVE_ORDER = ("vae", "iwae")  # the paper's columns first; any others after them
 CSV_FIELDS = (
@@ -42,6 +42,7 @@ class Run:
     path: Path
     metrics: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # the folder the report was given: files are read only inside it
 
     @property
     def layers(self) -> int:
@@ -60,21 +61,29 @@ class Run:
         return f"{self.key[2].upper()} k={self.key[3]}"
 
     def checkpoint(self) -> Path | None:
-        path = self.path / "checkpoints" / "last.ckpt"
-        return path if path.is_file() else None
+        return self.file("checkpoints", "last.ckpt")
+
+    def file(self, *parts: str) -> Path | None:
+        """``path / parts`` if it is a regular file inside the report's folder, else None."""
+        path = self.path.joinpath(*parts)
+        return path if regular_file_inside(path, self.root or self.path) else None
 
 
 def find_runs(root: str | Path) -> list[Run]:
     """Every run under ``root`` (or ``root`` itself) that wrote a ``metrics.json`` with a test
     NLL, in sweep order (job number, then path)."""
-    runs = []
-    for path in Path(root).rglob("metrics.json"):
-        metrics = json.loads(path.read_text())
-        if "test/nll" not in metrics:
+    runs, root = [], Path(root)
+    for path in root.rglob("metrics.json"):
+        if not regular_file_inside(path, root):
+            continue
+        metrics = read_json(path)
+        if not isinstance(metrics, dict) or "test/nll" not in metrics:
             continue  # a run that was stopped before its evaluation
         hydra_cfg = path.parent / ".hydra" / "config.yaml"
-        config = yaml.safe_load(hydra_cfg.read_text()) if hydra_cfg.is_file() else {}
-        runs.append(Run(path.parent, metrics, config or {}))
+        config = (
+            yaml.safe_load(hydra_cfg.read_text()) if regular_file_inside(hydra_cfg, root) else {}
+        )
+        runs.append(Run(path.parent, metrics, config or {}, root))
 
     def order(run: Run) -> tuple:
         name = run.path.name

@@ -175,8 +175,9 @@ def sample_pngs(runs: list[Run], most: int = 12) -> dict[str, Path]:
     chosen = runs if len(runs) <= most else best_runs(runs)
     pngs = {}
     for run in chosen:
-        if (run.path / "samples.png").is_file():
-            pngs[f"{run.label}, {panel(run)} ({run.path.name})"] = run.path / "samples.png"
+        png = run.file("samples.png")  # a link to a file elsewhere is not embedded
+        if png is not None:
+            pngs[f"{run.label}, {panel(run)} ({run.path.name})"] = png
     return pngs
 
 

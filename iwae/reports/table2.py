@@ -8,11 +8,11 @@ Each row pairs a run's ``switch_metrics.json`` (the model at the switch, written
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from iwae.errors import UserError, exit_on_user_error
+from iwae.reports.files import read_json, regular_file_inside
 
 
 def table2_rows(run_dirs: list[Path]) -> str:
@@ -23,8 +23,8 @@ def table2_rows(run_dirs: list[Path]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run in sorted(run_dirs):
-        before = json.loads((run / "switch_metrics.json").read_text())
-        after = json.loads((run / "metrics.json").read_text())
+        before = read_json(run / "switch_metrics.json")
+        after = read_json(run / "metrics.json")
         second = after["objective"].split("_to_")[-1]
         lines.append(
             f"| {before['objective']} k={before['k']} | {before['test/nll']:.2f} "
@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("sweep_dir", type=Path, help="a run or sweep directory")
     args = parser.parse_args(argv)
-    started = sorted({p.parent for p in args.sweep_dir.rglob("switch_metrics.json")})
-    runs = [run for run in started if (run / "metrics.json").is_file()]
+    root = args.sweep_dir
+    switches = [p for p in root.rglob("switch_metrics.json") if regular_file_inside(p, root)]
+    started = sorted({p.parent for p in switches})
+    runs = [run for run in started if regular_file_inside(run / "metrics.json", root)]
     for run in sorted(set(started) - set(runs)):
         print(f"skipped (not finished): {run}", file=sys.stderr)
     if not runs:
