@@ -29,7 +29,7 @@ from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import evaluate_nll
 from iwae.launch.assembly import load_run as load_checkpoint_run
 from iwae.reports.files import read_json, regular_file_inside
-from iwae.training.outputs import write_json_atomic
+from iwae.training.outputs import write_json_atomic, write_text_atomic
 
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict]:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"no */checkpoints/last.ckpt under {args.multirun_dir}")
     rows = [study_run(r, args.k, args.train_images, args.chunk_size) for r in runs]
     table = markdown(rows)
-    (args.multirun_dir / "binarization_study.md").write_text(table)
+    write_text_atomic(args.multirun_dir / "binarization_study.md", table)
     write_json_atomic(args.multirun_dir / "binarization_study.json", {"runs": rows})
     print(table, end="")
 

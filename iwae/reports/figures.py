@@ -19,6 +19,8 @@ import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
+from iwae.training.outputs import save_figure  # noqa: E402
+
 STYLE = {"vae": "--", "iwae": "-"}  # the paper's two objectives; others get a dotted line
 # Colour and line style both tell VAE from IWAE, so the figure survives greyscale printing and
 # colour blindness; the marker tells the number of stochastic layers.
@@ -28,7 +30,7 @@ LAYER_MARKER = {1: "o", 2: "s"}
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)  # a link at path is replaced, not followed
     plt.close(fig)
     return Path(path)
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from iwae.reports import paper
+from iwae.training.outputs import write_text_atomic
 
 FIGURES = {  # report order, with what each figure shows
     "nll_vs_k": "Test NLL against the training k (bars: 1 standard error; grey: the paper)",
@@ -107,5 +108,5 @@ def write_report(
         "<body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
     path = root / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_text_atomic(path, page)  # a link named report.html is replaced, not followed
     return path

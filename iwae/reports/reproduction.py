@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import statistics
 from collections import defaultdict
@@ -32,7 +33,7 @@ from datamodules.base import binarize_once
 from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import active_units, evaluate_nll
 from iwae.reports.files import read_json, regular_file_inside
-from iwae.training.outputs import write_json_atomic
+from iwae.training.outputs import save_figure, write_json_atomic, write_text_atomic
 
 CSV_NAME, TABLE_NAME = "runs.csv", "table.md"
 FIELDS = [
@@ -148,12 +149,12 @@ def paired_differences(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_csv(points: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for p in points:
-            writer.writerow({k: _rounded(p.get(k)) for k in FIELDS})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for p in points:
+        writer.writerow({k: _rounded(p.get(k)) for k in FIELDS})
+    write_text_atomic(path, text.getvalue())  # a link at path is replaced, not followed
 
 
 def _rounded(value: Any) -> Any:
@@ -204,11 +205,12 @@ def report(root: Path, out: Path) -> None:
         raise UserError(f"no evaluated snapshots (*.eval.json) below {root}")
     write_csv(points, out / CSV_NAME)
     diffs = paired_differences(points)
-    with (out / "differences.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(diffs[0]) if diffs else ["diff"])
-        writer.writeheader()
-        writer.writerows({k: _rounded(v) for k, v in d.items()} for d in diffs)
-    (out / TABLE_NAME).write_text(last_point_table(read_csv(out / CSV_NAME)) + "\n")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, list(diffs[0]) if diffs else ["diff"])
+    writer.writeheader()
+    writer.writerows({k: _rounded(v) for k, v in d.items()} for d in diffs)
+    write_text_atomic(out / "differences.csv", text.getvalue())
+    write_text_atomic(out / TABLE_NAME, last_point_table(read_csv(out / CSV_NAME)) + "\n")
     _figures(points, diffs, out)
     print(f"wrote {out}/{{{CSV_NAME},differences.csv,{TABLE_NAME},*.png}}")
 
@@ -230,7 +232,7 @@ def _figures(points: list[dict[str, Any]], diffs: list[dict[str, Any]], out: Pat
            title="IWAE − VAE (below 0: IWAE better); bars: 2 SE")  # fmt: skip
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "iwae_minus_vae.png", dpi=120)
+    save_figure(fig, out / "iwae_minus_vae.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -243,7 +245,7 @@ def _figures(points: list[dict[str, Any]], diffs: list[dict[str, Any]], out: Pat
     ax.set(xlabel="training steps", ylabel="active units (mean over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "active_units.png", dpi=120)
+    save_figure(fig, out / "active_units.png")
     plt.close(fig)
 
 

@@ -5,6 +5,7 @@ are "best" (by validation bound, keeping the test set out of the choice)."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 from iwae.evaluation import format_units
 from iwae.reports.files import read_json, regular_file_inside
+from iwae.training.outputs import write_text_atomic
 
 OBJECTIVE_ORDER = ("vae", "iwae")  # the paper's columns first; any others after them
 CSV_FIELDS = (
@@ -121,10 +123,12 @@ def csv_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """``table1.csv``, written as metrics.json is (a link at ``path`` is replaced)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
     return path
 
 

@@ -41,6 +41,7 @@ from iwae.reports.runs import (
     write_csv,
 )
 from iwae.reports.wandb_report import log_to_wandb
+from iwae.training.outputs import write_text_atomic
 
 
 def _cell(rows: list[dict[str, Any]]) -> str:
@@ -147,7 +148,7 @@ def report(
     paths = {"table1_csv": write_csv(rows, root / "table1.csv")}
     table = table1_markdown(rows)
     paths["table1_md"] = root / "table1.md"
-    paths["table1_md"].write_text(table)
+    write_text_atomic(paths["table1_md"], table)
     paths["nll_vs_k"] = figures.nll_vs_k(
         nll_curves(rows), root / "nll_vs_k.png", paper_curves(rows)
     )

@@ -53,6 +53,8 @@ def write_bytes_atomic(path: str | os.PathLike, write: Callable[[io.BufferedWrit
     """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 
     A kill at any moment leaves either the old file or the new one at ``path``, never a part.
+    Nothing is opened through a link: the temp file is created new (``O_EXCL``), and the
+    rename replaces a symbolic link at ``path`` rather than writing to where it points.
     Stale temp files of earlier killed writes to the same ``path`` are removed first: one writer
     per path is assumed (rank 0 writes checkpoints; metrics.json has one writer).
     """

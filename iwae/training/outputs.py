@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -20,6 +21,21 @@ def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
     write_bytes_atomic(path, lambda f: f.write(text))
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """`write_bytes_atomic` for text (UTF-8): a link at ``path`` is replaced, not followed, so
+    a folder from elsewhere cannot point a report's output at another file."""
+    data = text.encode("utf-8")
+    write_bytes_atomic(path, lambda f: f.write(data))
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """A matplotlib figure as a PNG at ``path``, written as `write_bytes_atomic` writes
+    (``savefig(path)`` would follow a link at ``path``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    write_bytes_atomic(path, lambda f: f.write(buffer.getvalue()))
+
+
 def save_sample_grid(
     model, image_shape: tuple[int, ...], path: str | os.PathLike, n: int = 64, seed: int = 0
 ) -> None:
@@ -27,9 +43,11 @@ def save_sample_grid(
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     images = model.sample(n, generator=g).cpu().view(n, 1, *image_shape[-2:])
+    buffer = io.BytesIO()  # written as metrics.json is: a link at ``path`` is not followed
     torchvision.utils.save_image(
-        images, str(path), nrow=int(math.sqrt(n)), padding=2, pad_value=1.0
+        images, buffer, format="png", nrow=int(math.sqrt(n)), padding=2, pad_value=1.0
     )
+    write_bytes_atomic(path, lambda f: f.write(buffer.getvalue()))
 
 
 def format_results(
