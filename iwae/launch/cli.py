@@ -219,8 +219,8 @@ def quiet_wandb(loggers: object) -> None:
     except ImportError:
         return
     printed = getattr(term, "_printed_messages", None)
-    if isinstance(printed, set):
-        printed.add(WANDB_ANONYMOUS)
+    if isinstance(printed, set):  # termwarn records the message behind its WARNING tag
+        printed.add(f"{getattr(term, 'WARN_STRING', 'WARNING')} {WANDB_ANONYMOUS}")
 
 
 def search_space_as_arguments(argv: list[str]) -> list[str]:
