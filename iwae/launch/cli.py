@@ -22,6 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from iwae.errors import UserError, exit_for
+from iwae.launch.config_check import search_space_as_arguments
+
+__all__ = ["search_space_as_arguments"]  # train.py rewrites its command line with it
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -138,9 +141,7 @@ def check_overrides(
 
 
 def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
-    from iwae.launch.config_check import (
-        check_override_keys,  # misspelled keys, unparsable overrides
-    )
+    from iwae.launch.config_check import check_override_keys  # keys, unparsable, values
 
     argv = sys.argv[1:] if argv is None else argv
     if hydra_overrides(argv) is None:
@@ -221,27 +222,6 @@ def quiet_wandb(loggers: object) -> None:
     printed = getattr(term, "_printed_messages", None)
     if isinstance(printed, set):  # termwarn records the message behind its WARNING tag
         printed.add(f"{getattr(term, 'WARN_STRING', 'WARNING')} {WANDB_ANONYMOUS}")
-
-
-def search_space_as_arguments(argv: list[str]) -> list[str]:
-    """``hydra.sweeper.params.optimizer.lr=interval(1e-4,3e-3)`` written as the Optuna sweeper
-    reads a search space from the command line: ``optimizer.lr=interval(1e-4,3e-3)``.
-
-    Hydra refuses a sweep inside its own config ("Sweeping over Hydra's configuration is not
-    supported"), and OmegaConf would nest a dotted key (``params: {optimizer: {lr: ...}}``),
-    so the entry cannot be set in place. The sweeper adds the command line's overrides to its
-    ``params``, one of the same key replacing the config's: the same study."""
-    out = []
-    for word in argv:
-        bare = word.lstrip("+")
-        if not word.startswith("-") and bare.startswith(SEARCH_SPACE) and "=" in bare:
-            out.append(bare[len(SEARCH_SPACE) :])
-        else:
-            out.append(word)
-    return out
-
-
-SEARCH_SPACE = "hydra.sweeper.params."
 
 
 def run_dir_is_new(argv: list[str]) -> bool:

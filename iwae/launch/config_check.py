@@ -9,7 +9,6 @@ closest existing keys, and the fix.
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import re
 from pathlib import Path
@@ -18,18 +17,52 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from iwae.errors import UserError, check_bool, check_number, check_optional_int, check_positive_int
+from iwae.errors import UserError, check_positive_int
 from iwae.launch.resolvers import in_multirun
+from iwae.launch.value_checks import (  # re-exported: the checks' one import path
+    MAX_SEED,
+    check_arguments,
+    check_eval_values,
+    check_optimizer,
+    check_plain_top_level,
+    check_steps_per_batch,
+    constructor_arguments,
+)
+
+__all__ = [
+    "MAX_SEED", "check_arguments", "check_ddp_launch", "check_eval_values", "check_memory",
+    "check_optimizer", "check_override_keys", "check_plain_top_level", "check_plain_values",
+    "check_run_values", "check_steps_per_batch", "check_top_level", "constructor_arguments",
+    "search_space_as_arguments",
+]  # fmt: skip
 
 # Nothing above imports torch or Lightning: the pre-check (`check_override_keys`, the plain
 # value checks) answers a typo before those load, which takes seconds. The checks that build
 # objects import them inside.
 
 _OTHER_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
-MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 _BAD_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+SEARCH_SPACE = "hydra.sweeper.params."
+
+
+def search_space_as_arguments(argv: list[str]) -> list[str]:
+    """``hydra.sweeper.params.optimizer.lr=interval(1e-4,3e-3)`` written as the Optuna sweeper
+    reads a search space from the command line: ``optimizer.lr=interval(1e-4,3e-3)``.
+
+    Hydra refuses a sweep inside its own config ("Sweeping over Hydra's configuration is not
+    supported"), and OmegaConf would nest a dotted key (``params: {optimizer: {lr: ...}}``),
+    so the entry cannot be set in place. The sweeper adds the command line's overrides to its
+    ``params``, one of the same key replacing the config's: the same study."""
+    out = []
+    for word in argv:
+        bare = word.lstrip("+")
+        if not word.startswith("-") and bare.startswith(SEARCH_SPACE) and "=" in bare:
+            out.append(bare[len(SEARCH_SPACE) :])
+        else:
+            out.append(word)
+    return out
 
 
 def _overrides(argv: list[str]) -> list[str]:
@@ -111,7 +144,7 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
     """
     if any(a.split("=")[0] in _OTHER_CONFIG_FLAGS for a in argv):
         return None  # another primary config: let Hydra compose it and report
-    overrides = _first_choices(_overrides(argv))
+    overrides = _first_choices(_overrides(search_space_as_arguments(argv)))
     if isinstance(overrides, str):
         return overrides
     with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
@@ -133,7 +166,14 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
                 cfg = compose(config_name, overrides=others, return_hydra_config=True)
             except HydraException:
                 cfg = OmegaConf.create()
-            value = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), "...")
+            if any(a.lstrip("+").startswith(f"{SEARCH_SPACE}{key}=") for a in argv):
+                return (
+                    f"the search space names {SEARCH_SPACE}{key}, but {key!r} is no config "
+                    f"key{_suggest(cfg, key)}; search over an existing key"
+                )
+            # the value as written: a sweep stays a sweep in the hint
+            given = _overrides(search_space_as_arguments(argv))
+            value = next((o.split("=", 1)[1] for o in given if o.startswith(f"{key}=")), "...")
             return (
                 f"unknown config key {key!r}{_suggest(cfg, key)}; to add a new key on purpose "
                 f"write +{key}={value}"
@@ -218,119 +258,15 @@ def check_run_values(cfg: DictConfig) -> Any:
 
 def check_top_level(cfg: DictConfig) -> None:
     """``k``, ``seed``, ``threads``, ``resume``: the keys outside any group; the accelerator."""
-    from iwae.launch.device import check_accelerator
-
     check_plain_top_level(cfg)
     check_accelerator((cfg.get("trainer") or {}).get("accelerator", "auto"))
 
 
-def check_plain_top_level(cfg: DictConfig) -> None:
-    """The top-level keys whose check needs no torch (the pre-check runs it)."""
-    check_positive_int("k", cfg.get("k"))
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    check_optional_int("threads", cfg.get("threads"), meaning=" (null: a share of the cores)")
-    check_bool("resume", cfg.get("resume", False))
-    check_bool("flush_denormal", cfg.get("flush_denormal", True))
+def check_accelerator(accelerator: object) -> None:
+    """`iwae.launch.device.check_accelerator`, imported when called: it loads torch."""
+    from iwae.launch.device import check_accelerator as check
 
-
-def check_steps_per_batch(cfg: DictConfig) -> int:
-    """``steps_per_batch``, and no setting that counts Lightning batches as optimizer steps."""
-    steps = check_positive_int("steps_per_batch", cfg.get("steps_per_batch", 1))
-    if steps == 1:
-        return steps
-    trainer = cfg.get("trainer") or {}
-    clashes = {
-        "trainer.gradient_clip_val": trainer.get("gradient_clip_val") not in (None, 0, 0.0),
-        "trainer.accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1) != 1,
-        "trainer.val_check_interval": isinstance(trainer.get("val_check_interval"), int),
-        "trainer.max_steps": trainer.get("max_steps") not in (None, -1),
-    }
-    for name, node in (cfg.get("callbacks") or {}).items():
-        every = (node or {}).get("every_n_train_steps")
-        clashes[f"callbacks.{name}.every_n_train_steps"] = bool(every)
-    for key, clash in clashes.items():
-        if clash:
-            raise UserError(
-                f"{key} counts or cuts Lightning batches, which hold {steps} optimizer steps "
-                f"with steps_per_batch={steps}; drop {key} or set steps_per_batch=1"
-            )
-    return steps
-
-
-def check_eval_values(evaluation: DictConfig, mode: str = "train") -> None:
-    """Every ``eval.*`` key; ``k`` and ``chunk_size`` only when the evaluation runs."""
-    check_positive_int("eval.val_k", evaluation.get("val_k", 1))
-    check_bool("eval.enabled", evaluation.get("enabled", True))
-    if evaluation.get("data_path") is not None and mode != "eval":
-        raise UserError(
-            "eval.data_path is for mode=eval (score a saved run on another file); "
-            "to train on a file set data.path"
-        )
-    if not evaluation.get("enabled", True):
-        return
-    check_positive_int("eval.k", evaluation.get("k"))
-    check_positive_int("eval.chunk_size", evaluation.get("chunk_size"))
-    check_optional_int("eval.max_bytes", evaluation.get("max_bytes"), meaning=" (no cap)")
-    ks = evaluation.get("bound_ks") or []
-    if not isinstance(ks, ListConfig | list):
-        raise UserError(f"eval.bound_ks must be a list of sample sizes like [1,5,50], got {ks!r}")
-    for k in ks:
-        check_positive_int("eval.bound_ks", k)
-    check_positive_int("eval.seed", evaluation.get("seed", 0), minimum=0)
-    check_number("eval.active_threshold", evaluation.get("active_threshold", 0.01))
-    progress = evaluation.get("progress")
-    if progress is not None:
-        check_bool("eval.progress", progress)
-
-
-def check_optimizer(optimizer: DictConfig) -> None:
-    """Adam's settings: torch would refuse them only when training starts, with a traceback."""
-    for name, low in (("lr", 0.0), ("eps", 0.0), ("weight_decay", 0.0)):
-        if name in optimizer:
-            check_number(f"optimizer.{name}", optimizer[name], low)
-    betas = optimizer.get("betas")
-    if betas is not None:
-        if not isinstance(betas, ListConfig | list) or len(betas) != 2:
-            raise UserError(f"optimizer.betas must be two numbers in [0, 1), got {betas!r}")
-        for beta in betas:
-            check_number("optimizer.betas", beta, 0.0, 1.0)
-
-
-def check_arguments(group: str, node: DictConfig) -> None:
-    """One line for a key the group's class does not take (Hydra would raise a TypeError
-    inside a multi-line InstantiationException when building it)."""
-    from hydra.utils import get_class
-
-    try:
-        accepted = constructor_arguments(get_class(node._target_))
-    except Exception as err:  # ImportError, or a _target_ that is not a class
-        raise UserError(f"{group}._target_={node._target_!r} cannot be used ({err})") from None
-    if accepted is None:
-        return
-    for key in node:
-        if not str(key).startswith("_") and key not in accepted:
-            name, takes = str(node._target_).rsplit(".", 1)[-1], ", ".join(sorted(accepted))
-            raise UserError(
-                f"{group}.{key} is not a setting of {name} (it takes {takes}); "
-                f"a preset (experiment=...) sets it for another {group}: keep that {group}, or "
-                "leave the preset out"
-            )
-
-
-def constructor_arguments(cls: type) -> set[str] | None:
-    """Keyword arguments ``cls(...)`` takes, following ``**kw`` up the base classes; None
-    when a base class takes any keyword."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names - {"self"}
-    return None
+    check(accelerator)
 
 
 def check_memory(cfg: DictConfig, samples: int, datamodule: Any) -> None:
