@@ -139,8 +139,9 @@ def _suggest(cfg: DictConfig, key: str) -> str:
 def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "config") -> str | None:
     """Compose the config with ``argv``'s overrides; None if Hydra accepts them, else one line.
 
-    Only composition is tried (no interpolation is resolved, nothing is built), so it costs a
-    fraction of a second; values are checked by `check_run_values`, once per run of a sweep.
+    Then the values that need no torch (`check_plain_values`), so that such a run is refused
+    before Hydra creates its directory. Nothing is built, so it costs a fraction of a second;
+    the other values are checked by `check_run_values`, once per run of a sweep.
     """
     if any(a.split("=")[0] in _OTHER_CONFIG_FLAGS for a in argv):
         return None  # another primary config: let Hydra compose it and report
@@ -178,7 +179,22 @@ def check_override_keys(argv: list[str], conf_dir: Path, config_name: str = "con
                 f"unknown config key {key!r}{_suggest(cfg, key)}; to add a new key on purpose "
                 f"write +{key}={value}"
             )
+        # A sweep's first value stands in for composing, not for checking (``k=interval(1,5)``
+        # starts at 1.0): its values are checked by each run; the rest is checked here.
+        given = _overrides(search_space_as_arguments(argv))
+        fixed = _without_sweeps(given)
+        if len(fixed) < len(given):
+            try:
+                cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
+            except HydraException:
+                return None
     return check_plain_values(cfg, multirun="-m" in argv or "--multirun" in argv)
+
+
+def _without_sweeps(overrides: list[str]) -> list[str]:
+    """The overrides that set one value (not ``k=1,5``, ``range()``, ``interval()``)."""
+    parser = OverridesParser.create()
+    return [o for o in overrides if not parser.parse_override(o).is_sweep_override()]
 
 
 def check_plain_values(cfg: DictConfig, multirun: bool = False) -> str | None:
