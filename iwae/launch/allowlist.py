@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from iwae.errors import UserError
 
-_OBJECTIVES = ("IWAE", "VAE", "MIWAE", "CIWAE", "PIWAE", "Staged")
+_OBJECTIVES = ("IWAE", "VAE", "MIWAE", "CIWAE", "PIWAE", "Renyi", "RWS", "Staged")
 _DATA = ("MNISTSubset", "MNIST", "BinarizedMNIST", "Omniglot", "FashionMNIST", "Npz", "Folder")
 
 # The classes a stored config may name, per config group.
