@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--models", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES)
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (see README)"
+        "--threads", type=int, default=1, help="torch intra-op threads (see docs/performance.md)"
     )
     parser.add_argument("--sides", nargs="+", default=list(SIDES[:3]), choices=SIDES)
     parser.add_argument(
