@@ -261,7 +261,7 @@ class IWAEModel(nn.Module):
 # --- the fast path of `IWAEModel.log_weights` ------------------------------------------------
 # Same functions as the layers' forward methods, written so that the [k, B, width] tensors,
 # which dominate the k=5000 evaluation, are allocated and traversed as few times as possible
-# (benchmarks/evaluate.py; README, "Performance"). tests/test_fast_path.py checks the result
+# (benchmarks/evaluate.py; docs/performance.md). tests/test_fast_path.py checks the result
 # and its gradients against torch.distributions.
 
 # From this many samples on, sum_d x_d * logits_d is taken as a [B, hidden] matmul instead of

@@ -1,4 +1,4 @@
-"""Issue 15: W&B runs carry the run's config and media; the pre-check never rejects what Hydra
+"""W&B runs carry the run's config and media; the pre-check never rejects what Hydra
 accepts; ``mode=eval`` honours ``data=`` and refuses what the checkpoint fixes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13's study: when, and by how much, the IWAE overtakes the VAE along training.
+"""The reproduction study: when, and by how much, the IWAE overtakes the VAE along training.
 
 Runs trained with ``callbacks=snapshots`` (``experiment=reproduction_digits``) keep a
 checkpoint every few epochs. This module measures each one the same way and turns the
@@ -164,7 +164,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def last_point_table(rows: list[dict[str, str]]) -> str:
     """Markdown: each configuration at its last snapshot, mean ± standard error over seeds
-    (from the CSV alone, so that a test can check the README against it)."""
+    (from the CSV alone, so that a test can check docs/reproduction.md against it)."""
     groups: dict[tuple, list[dict[str, str]]] = defaultdict(list)
     last: dict[tuple, int] = {}
     for r in rows:
