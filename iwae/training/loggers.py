@@ -41,7 +41,7 @@ def run_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, str]) 
 
 # The metrics TensorBoard's HParams view shows beside each run's settings (the last value of
 # each scalar with that tag).
-HPARAMS_METRICS = ("val/bound", "train/bound", "test/bound")
+HPARAMS_METRICS = ("val/bound", "train/bound")
 
 
 def flat_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
