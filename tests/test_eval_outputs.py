@@ -140,3 +140,33 @@ def test_mode_eval_refuses_bad_ais_values_before_any_work(trained, tmp_path, ove
         _evaluate(trained, out, "eval.ais.steps=5", override)
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert not out.exists()
+
+
+def test_reproduction_pairs_the_per_image_csv_of_an_evaluation(tmp_path):
+    """The study reads a mode=eval's log_likelihoods.csv of the same checkpoint, k and seed,
+    and pairs AIS estimates digit by digit on the digits both runs have."""
+    from iwae.reports.reproduction import paired_differences, per_image_csv
+
+    ckpt = tmp_path / "run" / "checkpoints" / "snapshots" / "epoch=1.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    evaluation = tmp_path / "run" / "eval" / "2026-01-01_00-00-00"
+    evaluation.mkdir(parents=True)
+    metrics = {"eval/ckpt_path": str(ckpt), "eval/k": 20, "eval/seed": 0}
+    (evaluation / "metrics.json").write_text(json.dumps(metrics))
+    (evaluation / "log_likelihoods.csv").write_text(
+        "index,log_p_is,log_p_ais\n0,-90.5,-89.0\n1,-80.25,\n"
+    )
+    assert per_image_csv(ckpt, 21, 0) is None  # another k: not the same numbers
+    is_ll, ais_ll = per_image_csv(ckpt, 20, 0)
+    assert is_ll.tolist() == [-90.5, -80.25] and ais_ll.tolist() == [-89.0]
+    common = {"data": "d", "model": "one_layer", "k": 5, "step": 10, "seed": 0}
+    points = [
+        {**common, "objective": "vae", "test_ll_per_image": [-92.0, -81.0],
+         "test_ll_ais_per_image": [-90.0]},
+        {**common, "objective": "iwae", "test_ll_per_image": [-90.5, -80.25],
+         "test_ll_ais_per_image": [-89.0, -79.0]},
+    ]  # fmt: skip
+    (row,) = paired_differences(points)
+    assert row["diff"] == pytest.approx(-1.125) and row["digits"] == 2
+    assert row["diff_ais"] == pytest.approx(-1.0) and row["digits_ais"] == 1
