@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from iwae.errors import UserError, exit_for
 from iwae.launch.cli import exit_on_bad_overrides, quiet_third_party_noise
-from iwae.launch.eval_checkpoint import evaluate_checkpoint
+from iwae.launch.eval_checkpoint import evaluate_checkpoint, own_output_dir
 from iwae.launch.resolvers import register_resolvers
 from iwae.launch.run import train
 from iwae.launch.run_lock import exit_on_unusable_output_dir, run_lock
@@ -62,5 +62,6 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     exit_on_bad_overrides()
+    sys.argv[1:] = own_output_dir(sys.argv[1:])  # mode=eval never writes into a training run
     exit_on_unusable_output_dir()  # before Hydra, whose logging setup fails with a traceback
     main()

@@ -45,7 +45,7 @@ RENAMED: dict[str, str] = {
     "iwae.diagnostics.GradientDiagnostics": "iwae.training.diagnostics.GradientDiagnostics",
 }
 # Plain settings a rebuilt run reads (threads, seed, eval.k): they may hold no `_target_`.
-_PLAIN_KEYS = ("k", "seed", "threads", "eval")
+_PLAIN_KEYS = ("k", "seed", "threads", "flush_denormal", "eval")
 
 
 def check_node(group: str, node: Any, where: str) -> None:

@@ -12,6 +12,7 @@ import difflib
 import inspect
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from hydra.errors import HydraException
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from iwae.ais import check_settings, settings_from
 from iwae.errors import UserError, check_bool, check_number, check_optional_int, check_positive_int
 from iwae.evaluation import widest_layer
 from iwae.launch.assembly import build
@@ -223,6 +225,26 @@ def check_eval_values(evaluation: DictConfig, mode: str = "train") -> None:
     progress = evaluation.get("progress")
     if progress is not None:
         check_bool("eval.progress", progress)
+    check_annealing_values(evaluation, mode)
+
+
+def check_annealing_values(evaluation: DictConfig, mode: str) -> None:
+    """``eval.ais.*``, ``eval.bdmc.*`` and ``eval.per_image``: one line before any work."""
+    if check_bool("eval.per_image", evaluation.get("per_image", False)) and mode != "eval":
+        raise UserError(
+            "eval.per_image is for mode=eval (it writes the evaluation's log_likelihoods.csv); "
+            "evaluate the run's checkpoint with mode=eval eval.per_image=true"
+        )
+    ais_node = evaluation.get("ais") or {}
+    bdmc = evaluation.get("bdmc") or {}
+    steps = check_positive_int("eval.ais.steps", ais_node.get("steps", 0), minimum=0)
+    images = check_positive_int("eval.bdmc.images", bdmc.get("images", 0), minimum=0)
+    if images:
+        check_positive_int("eval.bdmc.steps", bdmc.get("steps"))
+    if steps or images:
+        check_settings(replace(settings_from(ais_node), steps=max(steps, 1)))
+        check_optional_int("eval.ais.images", ais_node.get("images"), meaning=" (all)")
+        check_optional_int("eval.ais.seed", ais_node.get("seed"), 0, meaning=" (eval.seed)")
 
 
 def check_optimizer(optimizer: DictConfig) -> None:
