@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from iwae.errors import UserError, exit_for
 from iwae.launch.cli import (
     exit_on_bad_overrides,
+    is_eval_command,
     no_validation_error,
     quiet_third_party_noise,
     quiet_wandb,
@@ -89,6 +90,10 @@ if __name__ == "__main__":
     # Hydra refuses a sweep inside its own config: the search space goes where Optuna reads it.
     sys.argv[1:] = search_space_as_arguments(sys.argv[1:])
     exit_on_bad_overrides()
+    if is_eval_command(sys.argv[1:]):  # (imports torch: only for mode=eval)
+        from iwae.launch.eval_checkpoint import own_output_dir
+
+        sys.argv[1:] = own_output_dir(sys.argv[1:])  # mode=eval never writes into a training run
     NEW_RUN_DIR = run_dir_is_new(sys.argv[1:])  # before the lock below creates the directory
     exit_on_unusable_output_dir()  # before Hydra, whose logging setup fails with a traceback
     main()

@@ -57,7 +57,7 @@ def print_report(
     report: dict[str, Any], columns: Sequence[tuple[str, str]], out: str | None = None
 ) -> None:
     """JSON on stdout first (machine-readable), then a fixed-width table of ``report['rows']``;
-    the JSON also to the file ``out`` if given (the README's numbers come from such files)."""
+    the JSON also to the file ``out`` if given (the numbers in docs/ come from such files)."""
     text = json.dumps(report, indent=2)
     print(text)
     if out:

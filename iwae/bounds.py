@@ -1,7 +1,8 @@
 """The bounds as functions of log importance weights ``log_w: [k, B]`` (log p(x, h_i) -
 log q(h_i | x), every constant included): the IWAE bound (Burda et al. 2015, eq. 8), the
 k-sample ELBO, MIWAE and CIWAE (Rainforth et al. 2018), the effective sample size, and the
-MIWAE gradient surrogate that every objective in `iwae.objectives` is built from."""
+MIWAE gradient surrogate that most objectives in `iwae.objectives` are built from, and the
+Renyi (VR) bound of Li & Turner 2016 with its surrogate."""
 
 from __future__ import annotations
 
@@ -75,3 +76,26 @@ def grouped_surrogate(log_w: Tensor, detached: Tensor, m: int, power: int = 1) -
     if power != 1:
         w = w**power
     return (w * log_w.unflatten(0, (m, -1))).sum(1).mean(0)
+
+
+def renyi_bound(log_w: Tensor, alpha: float) -> Tensor:
+    """The k-sample Renyi (VR) bound (Li & Turner 2016, eq. 8 estimated with k samples).
+
+    Args:
+        log_w: ``[k, B]`` log importance weights.
+        alpha: the order; 0 gives `iwae_bound`, 1 (the limit, taken exactly) `elbo`.
+
+    Returns:
+        ``[B]``: 1/(1 - alpha) log (1/k) sum_i w_i^(1 - alpha), in nats. A lower bound on
+        log p(x) for alpha >= 0; for alpha < 0 it is above L_k (no lower bound).
+    """
+    if alpha == 1:
+        return elbo(log_w)
+    return log_mean_exp((1 - alpha) * log_w, 0) / (1 - alpha)
+
+
+def renyi_surrogate(log_w: Tensor, detached: Tensor, alpha: float) -> Tensor:
+    """Gradient surrogate of `renyi_bound`: sum_i v_i log w_i, ``[k, B] -> [B]``, with
+    v = softmax((1 - alpha) log w) held constant (computed from ``detached``; Li & Turner
+    2016, eq. 12). alpha = 0 gives the IWAE weights w~, alpha = 1 the uniform weights 1/k."""
+    return (torch.softmax((1 - alpha) * detached, dim=0) * log_w).sum(0)

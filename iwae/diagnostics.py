@@ -9,7 +9,7 @@
 
 `iwae.training.diagnostics.GradientDiagnostics` logs both during training
 (``callbacks=diagnostics``);
-``python -m iwae.reports.snr`` prints the README's estimator comparison.
+``python -m iwae.reports.snr`` prints the estimator comparison of docs/objectives.md.
 """
 
 from __future__ import annotations

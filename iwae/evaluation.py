@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from iwae import ais
 from iwae.errors import UserError, check_positive_int
 
 # Tensors of shape [chunk, images, widest layer] alive at once inside `log_weights`: the
@@ -117,6 +118,37 @@ def _progress(total: int, desc: str, enabled: bool | None) -> tqdm:
 
 
 @torch.no_grad()
+def per_image_log_likelihood(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    k: int,
+    chunk_size: int | None = 1000,
+    seed: int = 0,
+    max_bytes: int | None = None,
+    progress: bool | None = None,
+) -> Tensor:
+    """``[N]`` float64: the k-sample bound of every image of ``batches`` ``[B, D]``, in order.
+
+    One generator seeded with ``seed`` serves every batch in order: two evaluations of one
+    model on the same batches agree exactly.
+    """
+    batches = _nonempty(batches)
+    generator = torch.Generator(device=batches[0].device).manual_seed(seed)
+    values = []
+    with _progress(sum(len(x) for x in batches), f"log p(x), k={k}", progress) as bar:
+        for x in batches:
+            values.append(log_likelihood(model, x, k, chunk_size, generator, max_bytes).cpu())
+            bar.update(len(x))
+    return torch.cat(values)
+
+
+def _mean_stderr(ll: Tensor) -> tuple[float, float]:
+    """(mean, standard error of the mean over images; NaN for one image)."""
+    stderr = ll.std().item() / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
+    return ll.mean().item(), stderr
+
+
+@torch.no_grad()
 def evaluate_nll(
     model: nn.Module,
     batches: Iterable[Tensor],
@@ -128,20 +160,12 @@ def evaluate_nll(
 ) -> dict[str, float]:
     """Mean test NLL (positive nats) with k importance samples over all ``batches`` ``[B, D]``.
 
-    One generator seeded with ``seed`` serves every batch in order: two evaluations of one
-    model on the same batches agree exactly. ``nll_stderr`` is the standard error of the mean
-    over images (data spread, not Monte Carlo error).
+    ``nll_stderr`` is the standard error of the mean over images (data spread, not Monte
+    Carlo error). Reproducible: see `per_image_log_likelihood`.
     """
-    batches = _nonempty(batches)
-    generator = torch.Generator(device=batches[0].device).manual_seed(seed)
-    values = []
-    with _progress(sum(len(x) for x in batches), f"log p(x), k={k}", progress) as bar:
-        for x in batches:
-            values.append(log_likelihood(model, x, k, chunk_size, generator, max_bytes).cpu())
-            bar.update(len(x))
-    ll = torch.cat(values)
-    stderr = ll.std().item() / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
-    return {"nll": -ll.mean().item(), "nll_stderr": stderr, "images": len(ll)}
+    ll = per_image_log_likelihood(model, batches, k, chunk_size, seed, max_bytes, progress)
+    mean, stderr = _mean_stderr(ll)
+    return {"nll": -mean, "nll_stderr": stderr, "images": len(ll)}
 
 
 class GroupedBound:
@@ -315,11 +339,20 @@ def format_units(per_layer: Sequence[int]) -> str:
 
 
 def test_metrics(model: nn.Module, batches: Iterable[Tensor], eval_cfg: Any) -> dict[str, Any]:
-    """The keys a run writes to ``metrics.json``: test NLL with ``eval_cfg.k`` samples, active
-    units per layer and their variances, and L_k for ``eval_cfg.bound_ks`` when set.
+    """The keys a run writes to ``metrics.json`` (`evaluate`'s metrics)."""
+    return evaluate(model, batches, eval_cfg)[0]
 
-    ``eval_cfg`` is the ``eval`` config group (k, chunk_size, seed, active_threshold, and
-    optionally max_bytes, progress, bound_ks).
+
+def evaluate(
+    model: nn.Module, batches: Iterable[Tensor], eval_cfg: Any
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The test measures of ``eval_cfg`` (the ``eval`` config group): test NLL with
+    ``eval_cfg.k`` samples, active units per layer and their variances, L_k for
+    ``eval_cfg.bound_ks`` when set, AIS (`iwae.ais`) when ``eval.ais.steps`` > 0 and BDMC
+    when ``eval.bdmc.images`` > 0.
+
+    Returns (metrics, per-image values): ``log_p_is`` ``[N]`` and, with AIS, ``log_p_ais``
+    ``[eval.ais.images or N]``, both float64 nats.
 
     The model is moved to the device of the batches: after ``trainer.fit`` Lightning's
     strategy teardown leaves the module on the CPU while the datamodule's tensors stay on the
@@ -328,14 +361,15 @@ def test_metrics(model: nn.Module, batches: Iterable[Tensor], eval_cfg: Any) -> 
     batches = _nonempty(batches)
     model = model.to(batches[0].device).eval()
     max_bytes, progress = eval_cfg.get("max_bytes"), eval_cfg.get("progress")
-    nll = evaluate_nll(
+    ll = per_image_log_likelihood(
         model, batches, eval_cfg.k, eval_cfg.chunk_size, eval_cfg.seed, max_bytes, progress
     )
+    mean, stderr = _mean_stderr(ll)
     units, variances = active_units(model, batches, eval_cfg.active_threshold, seed=eval_cfg.seed)
     metrics: dict[str, Any] = {
-        "test/nll": nll["nll"],
-        "test/nll_stderr": nll["nll_stderr"],
-        "test/images": nll["images"],
+        "test/nll": -mean,
+        "test/nll_stderr": stderr,
+        "test/images": len(ll),
         "eval/k": eval_cfg.k,
         "eval/seed": eval_cfg.seed,
         "test/active_units": sum(units),
@@ -347,4 +381,13 @@ def test_metrics(model: nn.Module, batches: Iterable[Tensor], eval_cfg: Any) -> 
         metrics["test/bound_vs_k"] = bound_vs_k(
             model, batches, ks, eval_cfg.chunk_size, eval_cfg.seed, max_bytes, progress
         )
-    return metrics
+    per_image = {"log_p_is": ll}
+    if (eval_cfg.get("ais") or {}).get("steps", 0):
+        total = min((eval_cfg.ais.get("images") or len(ll)), len(ll))
+        with _progress(total, "AIS", progress) as bar:
+            per_image["log_p_ais"] = ais.ais_metrics(
+                model, batches, eval_cfg, ll, metrics, bar.update
+            )
+    if (eval_cfg.get("bdmc") or {}).get("images", 0):
+        metrics.update(ais.bdmc_metrics(model, eval_cfg))
+    return metrics, per_image

@@ -235,6 +235,67 @@ class IWAEModel(nn.Module):
             )
         return torch.sigmoid(self.decoder[0](h))
 
+    # --- densities at given latents, for AIS (`iwae.ais`): z is h_1..h_L concatenated ------
+    def split_latents(self, z: Tensor) -> tuple[Tensor, ...]:
+        """``[..., sum d_l]`` -> (h_1 ``[..., d_1]``, ..., h_L)."""
+        return z.split(self.latent_dims, dim=-1)
+
+    def sample_q(self, x: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``[n, B, sum d_l]`` draws h ~ q(h | x) for ``x`` ``[B, D]``, the Gaussian noise
+        drawn in the order and shapes of `log_weights`: one generator state, the same h."""
+        h, hs = x, []
+        for layer in self.encoder:
+            mean, log_std = layer(h)
+            eps = torch.randn(
+                (n, *mean.shape[-2:]), generator=generator, device=x.device, dtype=x.dtype
+            )
+            h = mean + torch.exp(log_std) * eps
+            hs.append(h)
+        return torch.cat(hs, dim=-1)
+
+    def sample_prior(
+        self, shape: Sequence[int], generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``[*shape, sum d_l]`` ancestral draws h ~ p(h), top layer first."""
+        like = self.decoder[0].head.weight
+        top = torch.randn((*shape, self.latent_dims[-1]), generator=generator, device=like.device)
+        hs = [top.to(like.dtype)]
+        for i in range(len(self.latent_dims) - 1, 0, -1):
+            mean, log_std = self.decoder[i](hs[0])
+            noise = torch.randn(mean.shape, generator=generator, device=like.device)
+            hs.insert(0, mean + torch.exp(log_std) * noise.to(like.dtype))
+        return torch.cat(hs, dim=-1)
+
+    def sample_joint(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``n`` exact draws (h ``[n, sum d_l]``, binary x ``[n, D]``) of p(h) p(x | h_1)."""
+        z = self.sample_prior((n,), generator)
+        probs = torch.sigmoid(self.decoder[0](self.split_latents(z)[0]))
+        u = torch.rand(probs.shape, generator=generator, device=probs.device)
+        return z, (u.to(probs.dtype) < probs).to(probs.dtype)
+
+    def log_q(self, x: Tensor, z: Tensor) -> Tensor:
+        """log q(h | x) ``[n, B]`` at ``z`` ``[n, B, sum d_l]``, every constant included."""
+        total, below = z.new_zeros(z.shape[:-1]), x
+        for layer, h in zip(self.encoder, self.split_latents(z)):
+            total = total + gaussian_log_prob(h, *layer(below))
+            below = h
+        return total
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(h) = log p(h_L) + sum_l log p(h_l | h_{l+1}), ``[n, B]``."""
+        hs = self.split_latents(z)
+        total = standard_normal_log_prob(hs[-1])
+        for i in range(len(hs) - 1, 0, -1):
+            total = total + gaussian_log_prob(hs[i - 1], *self.decoder[i](hs[i]))
+        return total
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x, h) ``[n, B]``: `log_prior` plus the Bernoulli log-likelihood of ``x``."""
+        h1 = self.split_latents(z)[0]
+        return self.log_prior(z) + bernoulli_log_prob(x, self.decoder[0](h1))
+
     @torch.no_grad()
     def encoder_means(
         self, x: Tensor, n_samples: int = 100, generator: torch.Generator | None = None
@@ -261,7 +322,7 @@ class IWAEModel(nn.Module):
 # --- the fast path of `IWAEModel.log_weights` ------------------------------------------------
 # Same functions as the layers' forward methods, written so that the [k, B, width] tensors,
 # which dominate the k=5000 evaluation, are allocated and traversed as few times as possible
-# (benchmarks/evaluate.py; README, "Performance"). tests/test_fast_path.py checks the result
+# (benchmarks/evaluate.py; docs/performance.md). tests/test_fast_path.py checks the result
 # and its gradients against torch.distributions.
 
 # From this many samples on, sum_d x_d * logits_d is taken as a [B, hidden] matmul instead of

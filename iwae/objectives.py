@@ -5,21 +5,21 @@ the model never knows which bound trains it. The reported bound is always comput
 detached log weights, apart from the gradient surrogate, so a gradient estimator can change
 the surrogate without changing the number that is logged.
 
-Every bound here is built from one piece, the MIWAE(M, K) surrogate (`grouped_surrogate`):
+Most bounds here are built from one piece, the MIWAE(M, K) surrogate (`grouped_surrogate`):
 IWAE is M = 1, the k-sample VAE is K = 1, CIWAE mixes the two, PIWAE uses one for the
-generative network and another for the inference network. The bounds themselves, as functions
-of log weights, are in `iwae.bounds`.
+generative network and another for the inference network. Beyond those: the Renyi (VR) bound
+(Li & Turner 2016), whose weights are tempered, and reweighted wake-sleep (Bornschein & Bengio
+2015), whose inference network follows a score-function gradient instead of a bound's. The
+bounds themselves, as functions of log weights, are in `iwae.bounds`; what all objectives
+share (the base classes, `split_loss`) in `iwae.objective_base`.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from iwae.bounds import (
     ciwae_bound,
@@ -27,167 +27,26 @@ from iwae.bounds import (
     grouped_surrogate,
     iwae_bound,
     miwae_bound,
+    renyi_bound,
+    renyi_surrogate,
 )
 from iwae.errors import UserError, check_positive_int
+from iwae.objective_base import (
+    ESTIMATORS,
+    LatentVariableModel,
+    Objective,
+    ObjectiveOutput,
+    TrainingObjective,
+    check_estimator,
+    check_unit_interval,
+    split_loss,
+)
 
-ESTIMATORS = ("reparam", "stl", "dreg")
-
-
-class LatentVariableModel(Protocol):
-    """What an objective needs from a model (`iwae.model.IWAEModel` is one): log importance
-    weights of fresh samples, and its parameters split into the two networks."""
-
-    def log_weights(self, x: Tensor, k: int, detach_q: bool = False) -> Tensor:
-        """``[B, D] -> [k, B]``: log p(x, h_i) - log q(h_i | x) for k samples h_i ~ q(h | x);
-        ``detach_q`` holds q's parameters constant inside log q (STL, DReG)."""
-        ...
-
-    def generative_parameters(self) -> Sequence[nn.Parameter]:
-        """theta: the parameters of p(x, h)."""
-        ...
-
-    def inference_parameters(self) -> Sequence[nn.Parameter]:
-        """phi: the parameters of q(h | x)."""
-        ...
-
-
-def split_loss(
-    model: LatentVariableModel, generative_loss: Tensor, inference_loss: Tensor
-) -> Tensor:
-    """A scalar whose gradient is d generative_loss/d theta on theta and d inference_loss/d phi
-    on phi: the shape that DReG and PIWAE need (two surrogates, two parameter sets).
-
-    Why this route: both losses come from one forward pass. Each ``autograd.grad`` is pruned to
-    its own parameters (the theta pass never enters the encoder); a DReG step measured about
-    1.5x a reparam step (k = 50, one CPU thread). The alternatives cost more (two forward
-    passes, one with theta and one with phi detached) or need the model's samples (a gradient
-    hook on h, which ``IWAEModel.log_weights`` does not expose). The returned value is
-    ``generative_loss``'s; its gradient is the linear form sum <p, g_p>, so Lightning's own
-    backward, gradient clipping, AMP scaling and DDP all-reduce see ordinary gradients.
-    """
-    if not generative_loss.requires_grad:  # called under no_grad: only the value matters
-        return generative_loss
-    theta = [p for p in model.generative_parameters() if p.requires_grad]
-    phi = [p for p in model.inference_parameters() if p.requires_grad]
-    g_theta = torch.autograd.grad(generative_loss, theta, retain_graph=True, allow_unused=True)
-    g_phi = torch.autograd.grad(inference_loss, phi, allow_unused=True)
-    pairs = zip(theta + phi, g_theta + g_phi, strict=True)
-    linear = sum(((p * g).sum() for p, g in pairs if g is not None), generative_loss.new_zeros(()))
-    return generative_loss.detach() + linear - linear.detach()
-
-
-def check_estimator(estimator: object) -> str:
-    if estimator not in ESTIMATORS:
-        choices = ", ".join(ESTIMATORS)
-        raise UserError(f"objective.estimator must be one of {choices}; got {estimator!r}")
-    return str(estimator)
-
-
-def check_unit_interval(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise UserError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-@dataclass
-class ObjectiveOutput:
-    """What one training step needs.
-
-    loss: scalar to minimise; only its gradient matters.
-    bound: ``[B]`` detached value of the bound being trained, in nats.
-    log_w: ``[n, B]`` detached log weights, n = ``objective.num_samples`` (for diagnostics).
-    """
-
-    loss: Tensor
-    bound: Tensor
-    log_w: Tensor
-
-
-class TrainingObjective(ABC):
-    """What the LightningModule trains with: a loss and a bound for a minibatch, told when each
-    epoch starts. `Objective` (one bound) and `Staged` (one bound, then another) are the two
-    kinds."""
-
-    name: str
-
-    @property
-    @abstractmethod
-    def k(self) -> int:
-        """The paper's k of the bound training now."""
-
-    @property
-    @abstractmethod
-    def num_samples(self) -> int:
-        """Samples drawn per image at each step."""
-
-    @abstractmethod
-    def __call__(self, model: LatentVariableModel, x: Tensor) -> ObjectiveOutput:
-        """One step's loss and bound on the minibatch ``x`` (``[B, D]``)."""
-
-    @abstractmethod
-    def bound(self, log_w: Tensor) -> Tensor:
-        """``[n, B] -> [B]``: the bound's value."""
-
-    def on_train_epoch_start(self, epoch: int) -> None:  # noqa: B027 (most bounds ignore it)
-        """Called by the LightningModule at the start of every training epoch (0-based)."""
-
-
-class Objective(TrainingObjective):
-    """One bound: draws samples from the model and forms the bound and the surrogate(s).
-
-    A subclass gives `bound` and `surrogate`, and `inference_surrogate` when the inference
-    network can train on something else than `surrogate` (DReG's squared weights, PIWAE's
-    MIWAE bound).
-
-    Args:
-        k: importance samples per bound (the paper's k; MIWAE's K).
-        estimator: the inference network's gradient: ``reparam`` (the paper's), ``stl``
-            (Roeder et al. 2017: log q's parameters detached, dropping the score term) or
-            ``dreg`` (Tucker et al. 2018). The generative network's gradient is the same for all.
-    """
-
-    name = "objective"
-    # True where the inference network always trains on its own bound (PIWAE), not only
-    # with DReG.
-    separate_inference = False
-
-    def __init__(self, k: int, estimator: str = "reparam") -> None:
-        self._k = check_positive_int("k", k)  # the top-level setting objective.k reads
-        self.estimator = check_estimator(estimator)
-
-    @property
-    def k(self) -> int:
-        return self._k
-
-    @property
-    def num_samples(self) -> int:
-        return self.k
-
-    def __call__(self, model: LatentVariableModel, x: Tensor) -> ObjectiveOutput:
-        detach_q = self.estimator != "reparam"
-        log_w = model.log_weights(x, self.num_samples, detach_q=detach_q)
-        detached = log_w.detach()  # same values either way: detach_q only changes gradients
-        loss = -self.surrogate(log_w, detached).mean()
-        if self.estimator == "dreg" or self.separate_inference:
-            power = 2 if self.estimator == "dreg" else 1
-            inference = self.inference_surrogate(log_w, detached, power)
-            if inference is not None:
-                loss = split_loss(model, loss, -inference.mean())
-        return ObjectiveOutput(loss=loss, bound=self.bound(detached), log_w=detached)
-
-    @abstractmethod
-    def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
-        """``[n, B] -> [B]``: a function whose gradient is the estimator's gradient (for both
-        networks unless `inference_surrogate` gives the inference network its own)."""
-
-    def inference_surrogate(self, log_w: Tensor, detached: Tensor, power: int) -> Tensor | None:
-        """``[n, B] -> [B]`` for the inference network only, called with DReG (``power=2``:
-        squared normalised weights) and, where `separate_inference`, always (``power=1``
-        otherwise). None: the same as `surrogate`."""
-        return None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(k={self.k}, estimator={self.estimator!r})"
+__all__ = [
+    "CIWAE", "ESTIMATORS", "IWAE", "MIWAE", "PIWAE", "RWS", "VAE", "LatentVariableModel",
+    "Objective", "ObjectiveOutput", "Renyi", "Staged", "TrainingObjective", "check_estimator",
+    "check_unit_interval", "split_loss",
+]  # fmt: skip
 
 
 class VAE(Objective):
@@ -302,6 +161,90 @@ class PIWAE(MIWAE):
 
     def __repr__(self) -> str:
         return f"PIWAE(m={self.m}, k={self.k}, estimator={self.estimator!r})"
+
+
+class Renyi(Objective):
+    """The Renyi (VR) bound of order alpha (Li & Turner 2016, eq. 8 with k samples):
+    L_alpha = 1/(1 - alpha) log (1/k) sum_i w_i^(1 - alpha), reparameterised.
+
+    Its gradient is sum_i v_i grad log w_i with v = softmax((1 - alpha) log w) held constant
+    (Li & Turner 2016, eq. 12): alpha = 0 is the IWAE bound and gradient exactly, alpha = 1 the
+    k-sample ELBO (the limit, taken exactly), alpha -> -inf the VR-max bound.
+
+    The logged ``bound`` is L_max(alpha, 0) of the same samples. For alpha >= 0 that is the
+    bound being trained, a lower bound on log p(x) (a power mean of order 1 - alpha <= 1 is at
+    most the mean of the weights, so L_alpha <= L_k). For alpha < 0 the VR value exceeds L_k
+    and is no lower bound (Li & Turner 2016, Theorem 2), so the IWAE bound L_k is logged.
+
+    Args:
+        k: importance samples per bound.
+        alpha: the order, any real number.
+        estimator: ``reparam`` or ``stl`` (log q's parameters detached); ``dreg`` is refused:
+            its weights here are not the IWAE's squared weights.
+    """
+
+    name = "renyi"
+
+    def __init__(self, k: int, alpha: float = 0.5, estimator: str = "reparam") -> None:
+        super().__init__(k, estimator)
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or math.isnan(alpha):
+            raise UserError(f"objective.alpha must be a real number, got {alpha!r}")
+        if math.isinf(alpha):
+            raise UserError("objective.alpha must be finite; for VR-max use a large negative one")
+        if self.estimator == "dreg":
+            raise UserError("objective=renyi supports objective.estimator=reparam or stl, not dreg")
+        self.alpha = float(alpha)
+
+    def bound(self, log_w: Tensor) -> Tensor:
+        return renyi_bound(log_w, max(self.alpha, 0.0))
+
+    def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
+        return renyi_surrogate(log_w, detached, self.alpha)
+
+    def __repr__(self) -> str:
+        return f"Renyi(k={self.k}, alpha={self.alpha}, estimator={self.estimator!r})"
+
+
+class RWS(Objective):
+    """Reweighted wake-sleep (Bornschein & Bengio 2015; Le et al. 2019), wake-phase phi update.
+
+    The generative network follows the IWAE gradient sum_i w~_i grad_theta log p(x, h_i); the
+    inference network the wake-phase gradient sum_i w~_i grad_phi log q(h_i | x), the samples
+    h_i held constant (a score-function gradient: no path through h), w~ the normalised
+    weights. The logged bound is the IWAE bound L_k of the same samples.
+
+    The score at fixed samples is the difference of two evaluations of the same samples:
+    log w with log q's parameters detached minus log w with them live has the value 0 and the
+    phi-gradient grad_phi log q(h | x) at fixed h (the reparameterised paths cancel; with
+    several stochastic layers each layer's input stays live in both, so they cancel there
+    too). Both come from ``log_weights`` with the noise replayed: two forward passes a step.
+    """
+
+    name = "rws"
+
+    def __init__(self, k: int) -> None:
+        super().__init__(k, "reparam")
+
+    def bound(self, log_w: Tensor) -> Tensor:
+        return iwae_bound(log_w)
+
+    def surrogate(self, log_w: Tensor, detached: Tensor) -> Tensor:
+        return grouped_surrogate(log_w, detached, m=1)
+
+    def __call__(self, model: LatentVariableModel, x: Tensor) -> ObjectiveOutput:
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the same noise twice
+            log_w = model.log_weights(x, self.k)
+        log_w_path = model.log_weights(x, self.k, detach_q=True)
+        detached = log_w.detach()
+        w = torch.softmax(detached, dim=0)
+        # value 0; phi-gradient sum_i w~_i grad_phi log q(h_i | x) at fixed h_i
+        wake = (w * (log_w_path - log_w)).sum(0)
+        loss = split_loss(model, -self.surrogate(log_w, detached).mean(), -wake.mean())
+        return ObjectiveOutput(loss=loss, bound=self.bound(detached), log_w=detached)
+
+    def __repr__(self) -> str:
+        return f"RWS(k={self.k})"
 
 
 class Staged(TrainingObjective):

@@ -3,8 +3,8 @@ nothing that could pass for a result (no metrics.json, checkpoints or samples).
 
 Most cases run in-process (``train()`` raises the `UserError` that train.py prints as
 ``error: <message>`` with exit status 2); a few go through ``python train.py`` to check that
-path end to end, and the slow run repeats every case that way. The README's "Reliability"
-table lists the same cases.
+path end to end, and the slow run repeats every case that way. The bad-input table of
+docs/reliability.md lists the same cases.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ CASES = {
     "batch_size=0": (["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0"),
     "epochs=0": (["schedule.epochs=0"], "schedule.epochs must be an integer >= 1, got 0"),
     "k=abc": (["k=abc"], "k must be an integer >= 1, got 'abc'"),
-    # every key before training (issue 12, items 10-12)
+    # every key is checked before training
     "eval.bound_ks=[0,5]": (["eval.bound_ks=[0,5]"], "eval.bound_ks must be an integer >= 1"),
     "eval.max_bytes=1": (["eval.max_bytes=1"], "too small for one sample of one image (that takes"),
     "eval.max_bytes=lots": (["eval.max_bytes=lots"], "eval.max_bytes must be an integer >= 1"),

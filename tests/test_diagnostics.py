@@ -1,7 +1,7 @@
 """Gradient SNR against a known answer; diagnostics leave the training noise alone.
 
 The estimators' SNR against k is measured, not tested: ``python -m iwae.reports.snr``
-(README). On a tiny model k = 64 is not yet in the regime where reparam's SNR falls.
+(docs/objectives.md). On a tiny model k = 64 is not yet in the regime where reparam's SNR falls.
 """
 
 from __future__ import annotations

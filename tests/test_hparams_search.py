@@ -14,21 +14,14 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
     reason='hydra-optuna-sweeper is not installed (pip install -e ".[search]")',
 )
 
-TINY = [
-    "logger=none",
-    "data.split=[200,50,50]",
-    "schedule.epochs=1",
-    "eval.k=20",
-    "eval.val_k=5",
-    "trainer.enable_progress_bar=false",
-]
+RUN = [*TINY, "logger=none"]
 
 
 def _trials(sweep_dir) -> list[dict]:
@@ -56,7 +49,7 @@ def test_two_trial_study_minimises_the_validation_negative_bound(tmp_path, launc
         "hparams_search=iwae_optuna",  # the search space comes from the preset's YAML
         "hydra.sweeper.n_trials=2",
         *launcher,
-        *TINY,
+        *RUN,
         f"hydra.sweep.dir={sweep_dir}",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)

@@ -1,4 +1,4 @@
-"""Issue 15: W&B runs carry the run's config and media; the pre-check never rejects what Hydra
+"""W&B runs carry the run's config and media; the pre-check never rejects what Hydra
 accepts; ``mode=eval`` honours ``data=`` and refuses what the checkpoint fixes."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_precheck_accepts_what_hydra_accepts(argv: list[str]) -> None:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["logger=[csv,wnadb]"], "unknown logger 'wnadb'; choose one of: csv, none, wandb"),
+        (["logger=[csv,wnadb]"], "unknown logger 'wnadb'; choose one of: csv, mlflow, none,"),
         (["-m", "objective=choice(vae,bogus)"], "unknown objective 'bogus'"),
         (["hydra/launcher=joblb"], "unknown hydra/launcher 'joblb'; choose one of: basic,"),
         (["-m", "kk=interval(1,5)"], "unknown config key 'kk' (did you mean k?)"),

@@ -109,7 +109,7 @@ def _joblib_sweep(tmp_path: Path) -> Path:
     tiny = [a for a in TINY if "progress_bar" not in a]  # the default: off in joblib's jobs
     proc = run_train([*args, f"hydra.sweep.dir={sweep}", "logger=none", *tiny], tmp_path, 300)
     dirs = _check_runs(sweep, ["vae", "iwae"])
-    # Issue 15: the workers are as quiet as the parent, one closing table per run.
+    # The workers are as quiet as the parent, one closing table per run.
     output = proc.stdout + proc.stderr
     for noise in ("litlogger", "LeafSpec", "validated against ConfigStore", "\r", "it/s]"):
         assert noise not in output, f"{noise!r} in a joblib sweep's output"

@@ -28,7 +28,7 @@ TWO_LAYER = ([100, 50], [[200, 200], [100, 100]])
 def test_the_papers_settings_fit_in_4_gib():
     model = meta_model(*TWO_LAYER)
     assert training_step_bytes(model, 50, 20) < 4 * GiB  # Table 1's largest k
-    assert training_step_bytes(model, 5000, 20) < 4 * GiB  # the README's k=5000 training
+    assert training_step_bytes(model, 5000, 20) < 4 * GiB  # k=5000 training, as the manual shows
     assert evaluation_bytes(model, 500, 5000, 500, None) < 4 * GiB  # the k=5000 test NLL
 
 

@@ -12,6 +12,9 @@ Each stays because no public API does the same:
   ``steps_per_batch``): Lightning's logging step counter, advanced per optimizer step.
 - ``Optimizer._accelerator_graph_capture_health_check`` (`iwae.training.optim`): replaced on a
   machine without an accelerator, where torch would probe for one at every step.
+- ``SummaryWriter._get_file_writer`` (`iwae.training.loggers.TensorBoardLogger`): where the
+  HParams summaries go into the run's own event file, as Lightning's ``log_hyperparams`` does
+  (the public ``add_hparams`` writes a second run in a new subfolder).
 """
 
 from __future__ import annotations
@@ -68,3 +71,17 @@ def test_optimizer_graph_capture_check_is_a_method() -> None:
         "torch's Optimizer._accelerator_graph_capture_health_check is gone: the patch in "
         "iwae/training/optim.py (build_optimizer) is no longer needed; remove it"
     )
+
+
+def test_summary_writer_gives_its_file_writer(tmp_path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    try:
+        file_writer = getattr(writer, "_get_file_writer", lambda: None)()
+        assert callable(getattr(file_writer, "add_summary", None)), (
+            "torch's SummaryWriter._get_file_writer is gone: iwae/training/loggers.py "
+            "(TensorBoardLogger.log_hyperparams) must write the HParams summaries another way"
+        )
+    finally:
+        writer.close()

@@ -19,24 +19,17 @@ from iwae.reports.curves import nll_curves, paper_curves
 from iwae.reports.runs import Run, best_run, best_runs, find_runs, read_csv, selection_basis
 from iwae.reports.table1 import report, table1_markdown
 from iwae.reports.wandb_report import log_to_wandb
-from tests.helpers import compose_config
+from tests.helpers import TINY, compose_config
 
 EVAL = ["eval.k=20", "eval.chunk_size=7", "eval.seed=3"]
-TINY = [
-    "logger=csv",
-    "data.split=[200,50,40]",
-    "schedule.epochs=1",
-    "eval.val_k=5",
-    "trainer.enable_progress_bar=false",
-    *EVAL,
-]
+RUN = [*TINY, "logger=csv", "data.split=[200,50,40]", *EVAL]  # 40 test images: chunks of 7
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict]:
     """One tiny one-layer IWAE run, laid out as job 0 of a sweep (with .hydra/config.yaml)."""
     run_dir = tmp_path_factory.mktemp("sweep") / "0"
-    cfg = compose_config(TINY, run_dir)
+    cfg = compose_config(RUN, run_dir)
     metrics = train(cfg, run_dir)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)
@@ -126,8 +119,9 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "table1_small"
 
 
 @pytest.mark.skipif(not (DOCS / "table1.csv").is_file(), reason="no committed small-scale run")
-def test_committed_table_is_generated_from_its_csv_and_copied_into_the_readme():
-    """The README's Table 1 numbers come from the committed report files, not from a keyboard."""
+def test_committed_table_is_generated_from_its_csv_and_copied_into_the_docs():
+    """The Table 1 numbers of docs/reproduction.md come from the committed report files, not
+    from a keyboard."""
     table = (DOCS / "table1.md").read_text()
     assert table1_markdown(read_csv(DOCS / "table1.csv")) == table
     readme = (DOCS.parent / "reproduction.md").read_text()

@@ -1,4 +1,5 @@
-"""Issue 13's study command (`iwae.reports.reproduction`): paired differences, CSV, README."""
+"""The reproduction study's command (`iwae.reports.reproduction`): paired differences, CSV, and
+the table in docs/reproduction.md."""
 
 from __future__ import annotations
 
@@ -74,11 +75,11 @@ def test_snapshot_nll_agrees_with_mode_eval(tmp_path):
 
 
 def test_readme_rows_are_the_csv():
-    """The README's study table is the one the committed CSV gives, row for row."""
+    """The study table of docs/reproduction.md is the one the committed CSV gives, row for row."""
     rows = read_csv(DOCS / CSV_NAME)
     table = last_point_table(rows)
     readme = (ROOT / "docs" / "reproduction.md").read_text()
     body = [line for line in table.splitlines() if re.match(r"\| \w", line)]
     assert len(body) >= 3, "the CSV gives no configurations"
     for line in table.splitlines():
-        assert line in readme, f"README lacks the CSV's row: {line}"
+        assert line in readme, f"docs/reproduction.md lacks the CSV's row: {line}"

@@ -1,4 +1,4 @@
-"""Issue 11 item 3: several optimizer steps per Lightning batch (``steps_per_batch``) take the
+"""Several optimizer steps per Lightning batch (``steps_per_batch``) take the
 same steps as one per batch, bit for bit, resume exactly, and refuse what counts batches."""
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def _launch(
         check_member(member)
     options = launcher.options
     split_by_k = options["split_by_k"]
-    if split_by_k is None:  # measured: benchmarks/fused.py; README, "hydra/launcher=fused"
+    if split_by_k is None:  # measured: benchmarks/fused.py; docs/performance.md
         split_by_k = (
             training_device(members[0].cfg.trainer.get("accelerator", "auto")).type == "cpu"
         )

@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from iwae.errors import UserError
 
-_OBJECTIVES = ("IWAE", "VAE", "MIWAE", "CIWAE", "PIWAE", "Staged")
+_OBJECTIVES = ("IWAE", "VAE", "MIWAE", "CIWAE", "PIWAE", "Renyi", "RWS", "Staged")
 _DATA = ("MNISTSubset", "MNIST", "BinarizedMNIST", "Omniglot", "FashionMNIST", "Npz", "Folder")
 
 # The classes a stored config may name, per config group.
@@ -50,7 +50,7 @@ RENAMED: dict[str, str] = {
 # checkpoint cannot make a rebuild download from its URL or write into its directory.
 LOCAL_DATA_KEYS = ("download", "base_url", "root")
 # Plain settings a rebuilt run reads (threads, seed, eval.k): they may hold no `_target_`.
-_PLAIN_KEYS = ("k", "seed", "threads", "eval")
+_PLAIN_KEYS = ("k", "seed", "threads", "flush_denormal", "eval")
 
 
 def check_node(group: str, node: Any, where: str) -> None:

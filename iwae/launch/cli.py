@@ -224,6 +224,12 @@ def quiet_wandb(loggers: object) -> None:
         printed.add(f"{getattr(term, 'WARN_STRING', 'WARNING')} {WANDB_ANONYMOUS}")
 
 
+def is_eval_command(argv: list[str]) -> bool:
+    """Whether the command line sets ``mode=eval`` (its last ``mode=`` wins, as in Hydra)."""
+    modes = [w.split("=", 1)[1] for w in argv if w.lstrip("+").startswith("mode=")]
+    return bool(modes) and modes[-1].strip("'\"") == "eval"
+
+
 def run_dir_is_new(argv: list[str]) -> bool:
     """Whether a single run's directory does not exist before this process: only then may a
     refused run remove it. Hydra's default directory is named after the clock (a new one

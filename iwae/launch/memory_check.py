@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from iwae import ais
 from iwae.errors import UserError
 from iwae.evaluation import LIVE_TENSORS, chunk_plan, widest_layer
 
@@ -108,5 +109,26 @@ def check_eval_memory(
         f"the evaluation at eval.k={eval_cfg.k}, eval.chunk_size={eval_cfg.chunk_size} over "
         f"{images} test images a batch",
         f"lower eval.chunk_size or set {suggestion} (the estimate then streams in smaller chunks)",
+        device,
+    )
+
+    check_ais_memory(model, eval_cfg, images, device)
+
+
+def check_ais_memory(model: nn.Module, eval_cfg: Any, images: int, device: tuple[Any, Any]) -> None:
+    """AIS and BDMC chains (``eval.ais.chains`` per image, `iwae.ais.images_per_pass` images
+    at a time) fit: the chains of one image must fit ``eval.max_bytes``, one pass the device."""
+    node = eval_cfg.get("ais") or {}
+    bdmc_images = (eval_cfg.get("bdmc") or {}).get("images", 0)
+    if not (node.get("steps", 0) or bdmc_images):
+        return
+    settings = ais.settings_from(node)
+    per_pass = ais.images_per_pass(model, settings, eval_cfg.get("max_bytes"))
+    chains = settings.chains + ais.TUNING_CHAINS
+    need = min(per_pass, max(images, bdmc_images)) * chains * ais.row_bytes(model)
+    check_fits(
+        need + _parameter_bytes(model),
+        f"AIS with eval.ais.chains={settings.chains} over {min(per_pass, images)} images a pass",
+        "lower eval.ais.chains or set eval.max_bytes=<bytes> (fewer images a pass)",
         device,
     )

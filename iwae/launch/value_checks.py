@@ -77,6 +77,30 @@ def check_eval_values(evaluation: DictConfig, mode: str = "train") -> None:
     progress = evaluation.get("progress")
     if progress is not None:
         check_bool("eval.progress", progress)
+    check_annealing_values(evaluation, mode)
+
+
+def check_annealing_values(evaluation: DictConfig, mode: str) -> None:
+    """``eval.ais.*``, ``eval.bdmc.*`` and ``eval.per_image``: one line before any work."""
+    if check_bool("eval.per_image", evaluation.get("per_image", False)) and mode != "eval":
+        raise UserError(
+            "eval.per_image is for mode=eval (it writes the evaluation's log_likelihoods.csv); "
+            "evaluate the run's checkpoint with mode=eval eval.per_image=true"
+        )
+    ais_node = evaluation.get("ais") or {}
+    bdmc = evaluation.get("bdmc") or {}
+    steps = check_positive_int("eval.ais.steps", ais_node.get("steps", 0), minimum=0)
+    images = check_positive_int("eval.bdmc.images", bdmc.get("images", 0), minimum=0)
+    if images:
+        check_positive_int("eval.bdmc.steps", bdmc.get("steps"))
+    if steps or images:
+        from dataclasses import replace
+
+        from iwae.ais import check_settings, settings_from  # torch: only when AIS runs
+
+        check_settings(replace(settings_from(ais_node), steps=max(steps, 1)))
+        check_optional_int("eval.ais.images", ais_node.get("images"), meaning=" (all)")
+        check_optional_int("eval.ais.seed", ais_node.get("seed"), 0, meaning=" (eval.seed)")
 
 
 def check_optimizer(optimizer: DictConfig) -> None:

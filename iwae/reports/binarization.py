@@ -88,7 +88,7 @@ def study_run(
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The table the README quotes."""
+    """The study's Markdown table (docs/binarization.md quotes it)."""
     lines = [
         "| data | binarization | train images | epochs | k | train NLL | test NLL | gap |",
         "|---|---|---|---|---|---|---|---|",

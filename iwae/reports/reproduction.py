@@ -1,4 +1,4 @@
-"""Issue 13's study: when, and by how much, the IWAE overtakes the VAE along training.
+"""The reproduction study: when, and by how much, the IWAE overtakes the VAE along training.
 
 Runs trained with ``callbacks=snapshots`` (``experiment=reproduction_digits``) keep a
 checkpoint every few epochs. This module measures each one the same way and turns the
@@ -57,7 +57,14 @@ def evaluate_snapshot(
 
     run = load_run(ckpt)
     test = run.test_batches()
-    ll = torch.cat([_per_image_ll(run.model, x, k, chunk_size, seed) for x in test])
+    saved = per_image_csv(ckpt, k, seed)
+    if saved is not None:  # a mode=eval of this checkpoint wrote them: same numbers, no rerun
+        ll, ais_ll = saved
+    else:
+        ll, ais_ll = (
+            torch.cat([_per_image_ll(run.model, x, k, chunk_size, seed) for x in test]),
+            None,
+        )
     train_probs = run.datamodule.prepare().train[:train_images]
     train_x = binarize_once(train_probs, run.datamodule.eval_seed + 2)  # fixed, same every run
     train = evaluate_nll(run.model, [train_x], k, chunk_size, seed, progress=False)
@@ -72,6 +79,7 @@ def evaluate_snapshot(
         "epoch": int(run.checkpoint["epoch"]) + 1,  # epochs completed
         "step": int(run.checkpoint["global_step"]),
         "test_ll_per_image": ll.tolist(),
+        **({"test_ll_ais_per_image": ais_ll.tolist()} if ais_ll is not None else {}),
         "test_nll": -ll.mean().item(),
         "test_nll_stderr": ll.std().item() / math.sqrt(len(ll)),
         "train_nll": train["nll"],
@@ -80,6 +88,28 @@ def evaluate_snapshot(
         "active_units_per_layer": "+".join(map(str, units)),
         "eval_k": k,
     }
+
+
+def per_image_csv(ckpt: Path, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(log p_IS ``[N]``, log p_AIS ``[n]`` or None) from the ``log_likelihoods.csv`` of a
+    ``mode=eval eval.per_image=true`` run of ``ckpt`` with the same k and seed, in the run's
+    ``eval/`` directory (where mode=eval writes beside a training run); None if there is none."""
+    run_dir = ckpt.resolve().parents[2 if ckpt.parent.name == "snapshots" else 1]
+    for metrics_path in sorted((run_dir / "eval").glob("*/metrics.json")):
+        table = metrics_path.with_name("log_likelihoods.csv")
+        if not regular_file_inside(metrics_path, run_dir):
+            continue
+        metrics = read_json(metrics_path)
+        same = metrics.get("eval/k") == k and metrics.get("eval/seed") == seed
+        if not (regular_file_inside(table, run_dir) and same and metrics.get("eval/data") is None):
+            continue
+        if Path(str(metrics.get("eval/ckpt_path"))).resolve() != ckpt.resolve():
+            continue
+        rows = read_csv(table)
+        is_ll = torch.tensor([float(r["log_p_is"]) for r in rows], dtype=torch.float64)
+        ais = [float(r["log_p_ais"]) for r in rows if r.get("log_p_ais")]
+        return is_ll, torch.tensor(ais, dtype=torch.float64) if ais else None
+    return None
 
 
 def _per_image_ll(model, x, k: int, chunk_size: int, seed: int) -> torch.Tensor:
@@ -113,19 +143,42 @@ def paired_differences(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``se_seeds``: standard error over seeds of the per-seed differences (training noise; NaN
     with one seed). The larger of the two is the honest error bar.
     """
+    rows = _paired(points, "test_ll_per_image")
+    ais = {
+        tuple(r[k] for k in ("data", "model", "k", "step")): r
+        for r in _paired(points, "test_ll_ais_per_image")
+    }
+    for r in rows:  # the same pairing on AIS estimates, where both runs have them
+        twin = ais.get((r["data"], r["model"], r["k"], r["step"]))
+        if twin is not None:
+            r.update(
+                {
+                    "diff_ais": twin["diff"],
+                    "se_digits_ais": twin["se_digits"],
+                    "digits_ais": twin["digits"],
+                }
+            )
+    return rows
+
+
+def _paired(points: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    """`paired_differences` of the per-digit values ``field`` (the first digits common to
+    both runs: AIS may cover only the first ``eval.ais.images``)."""
     by_key: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
     for p in points:
-        key = (p["data"], p["model"], p["k"], p["step"])
-        by_key[key][p["objective"]][p["seed"]] = p["test_ll_per_image"]
+        if field in p:
+            key = (p["data"], p["model"], p["k"], p["step"])
+            by_key[key][p["objective"]][p["seed"]] = p[field]
     rows = []
     for (data, model, k, step), runs in sorted(by_key.items()):
         seeds = sorted(set(runs.get("vae", {})) & set(runs.get("iwae", {})))
         if not seeds:
             continue
         # NLL difference per digit = -(ll_iwae - ll_vae)
+        n = min(len(runs[o][s]) for o in ("vae", "iwae") for s in seeds)
         per_seed = [
-            torch.tensor(runs["vae"][s], dtype=torch.float64)
-            - torch.tensor(runs["iwae"][s], dtype=torch.float64)
+            torch.tensor(runs["vae"][s][:n], dtype=torch.float64)
+            - torch.tensor(runs["iwae"][s][:n], dtype=torch.float64)
             for s in seeds
         ]
         per_digit = torch.stack(per_seed).mean(0)
@@ -143,6 +196,7 @@ def paired_differences(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "diff": per_digit.mean().item(),
                 "se_digits": per_digit.std().item() / math.sqrt(len(per_digit)),
                 "se_seeds": se_seeds,
+                "digits": n,
             }
         )
     return rows
@@ -168,7 +222,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def last_point_table(rows: list[dict[str, str]]) -> str:
     """Markdown: each configuration at its last snapshot, mean ± standard error over seeds
-    (from the CSV alone, so that a test can check the README against it)."""
+    (from the CSV alone, so that a test can check docs/reproduction.md against it)."""
     groups: dict[tuple, list[dict[str, str]]] = defaultdict(list)
     last: dict[tuple, int] = {}
     for r in rows:
@@ -206,7 +260,8 @@ def report(root: Path, out: Path) -> None:
     write_csv(points, out / CSV_NAME)
     diffs = paired_differences(points)
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, list(diffs[0]) if diffs else ["diff"])
+    fields = list(dict.fromkeys(key for row in diffs for key in row)) or ["diff"]
+    writer = csv.DictWriter(text, fields)  # AIS columns only where some row has them
     writer.writeheader()
     writer.writerows({k: _rounded(v) for k, v in d.items()} for d in diffs)
     write_text_atomic(out / "differences.csv", text.getvalue())

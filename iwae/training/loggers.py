@@ -1,6 +1,6 @@
 """What the project adds to Lightning's loggers: the run's config at the top of every logger
-(W&B's run config, the CSV logger's ``hparams.yaml``), the run's media in W&B, and closing a
-W&B run with the final metrics."""
+(W&B's run config, the CSV logger's ``hparams.yaml``, TensorBoard's HParams view), the run's
+media in W&B, closing a W&B run with the final metrics, and MLflow behind its extra."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import loggers as pl_loggers
+from pytorch_lightning.utilities import rank_zero_only
+
+from iwae.errors import UserError
 
 # The names a researcher filters, groups and plots runs by, in this order at the top of the
 # W&B config; each is a Hydra choice (``model: two_layer``) or a value of the resolved config.
@@ -33,6 +37,65 @@ def run_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, str]) 
         seed=resolved.get("seed"),
     )
     return {**{k: v for k, v in top.items() if v is not None}, "config": resolved}
+
+
+# The metrics TensorBoard's HParams view shows beside each run's settings (the last value of
+# each scalar with that tag).
+HPARAMS_METRICS = ("val/bound", "train/bound")
+
+
+def flat_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``params`` flattened to ``{"config/optimizer/lr": 0.001, ...}``, every value a number, a
+    bool or a string (what TensorBoard's HParams view can show and filter: lists and None as
+    their text)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_hparams(value, f"{name}/"))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class TensorBoardLogger(pl_loggers.TensorBoardLogger):
+    """Lightning's TensorBoardLogger whose hyperparameters reach the HParams view with the
+    project's metrics as its columns.
+
+    Lightning writes the HParams summary only together with metric values (its default logs
+    a placeholder ``hp_metric`` of -1 at step 0); this writes it with the names in
+    `HPARAMS_METRICS` and no values, so the view shows each run's last ``val/bound``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("default_hp_metric", False)
+        super().__init__(*args, **kwargs)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None) -> None:
+        super().log_hyperparams(params, metrics)  # hparams.yaml; with metrics, the summary too
+        if metrics is not None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        summaries = hparams(flat_hparams(dict(params)), dict.fromkeys(HPARAMS_METRICS, 0.0))
+        writer = self.experiment._get_file_writer()  # as Lightning's own log_hyperparams does
+        for summary in summaries:
+            writer.add_summary(summary)
+
+
+def mlflow_logger(**kwargs: Any) -> Any:
+    """Lightning's MLFlowLogger, or a one-line `UserError` naming the extra when MLflow is not
+    installed (Lightning's own error is a traceback)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise UserError(
+            "logger=mlflow needs MLflow: pip install '.[mlflow]' (or: pip install mlflow)"
+        )
+    return pl_loggers.MLFlowLogger(**kwargs)
 
 
 def log_run_media(loggers: Iterable[Any], run_dir: Path, metrics: Mapping[str, Any]) -> None:

@@ -32,9 +32,9 @@ class IWAEModule(pl.LightningModule):
         hparams: what the loggers record as the run's config (`iwae.training.loggers.run_config`).
         steps_per_batch: optimizer steps per Lightning batch (the DataModule then yields lists
             of that many minibatches). Lightning's work around a batch (hooks, progress,
-            logging) costs about as much as a whole step at k <= 5 on a CPU (README,
-            Performance); with S steps per batch it is paid once per S steps. The steps, their
-            data and their random numbers are the same as with one step per batch.
+            logging) costs about as much as a whole step at k <= 5 on a CPU
+            (docs/performance.md); with S steps per batch it is paid once per S steps. The
+            steps, their data and their random numbers are the same as with one step per batch.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Building the optimizer for the training fast path.
 
 Two costs that the paper's ten million batch-20 steps make visible, measured with
-``python -m benchmarks.train_step`` (README, "Performance"):
+``python -m benchmarks.train_step`` (docs/performance.md):
 
 - ``torch.optim.Adam``'s default on the CPU is its per-tensor Python loop (about a dozen small
   ops per parameter tensor per step); the fused kernel does the same update in one call per

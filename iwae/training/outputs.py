@@ -66,6 +66,12 @@ def format_results(
             f"test/nll (k={metrics.get('eval/k')})",
             _fmt(metrics.get("test/nll"), metrics.get("test/nll_stderr")),
         ),
+        (_ais_name(metrics), _fmt(metrics.get("test/nll_ais"), metrics.get("test/nll_ais_stderr"))),
+        (
+            "test/ais - is",
+            _fmt(metrics.get("test/ais_minus_is"), metrics.get("test/ais_minus_is_stderr")),
+        ),
+        ("bdmc lower, upper", _bdmc(metrics)),
         ("test/active_units", _units(metrics)),
         ("wall time", None if seconds is None else _duration(seconds)),
         ("run dir", None if run_dir is None else str(run_dir)),
@@ -93,3 +99,18 @@ def _units(metrics: dict[str, Any]) -> str | None:
     if per_layer is None:
         return None
     return f"{metrics['test/active_units']} ({'+'.join(str(n) for n in per_layer)})"
+
+
+def _ais_name(metrics: dict[str, Any]) -> str:
+    settings = metrics.get("eval/ais") or {}
+    images = metrics.get("test/ais_images")
+    return f"test/nll_ais ({settings.get('steps')} steps x {settings.get('chains')}, {images} img)"
+
+
+def _bdmc(metrics: dict[str, Any]) -> str | None:
+    if metrics.get("bdmc/lower") is None:
+        return None
+    return (
+        f"{metrics['bdmc/lower']:.2f}, {metrics['bdmc/upper']:.2f} (gap {metrics['bdmc/gap']:.2f}, "
+        f"{metrics.get('bdmc/images')} simulated images, {metrics.get('eval/bdmc_steps')} steps)"
+    )

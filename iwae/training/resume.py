@@ -137,7 +137,7 @@ def check_resume_config(
             f"resuming {ckpt_path} would change the run: {shown}; resume with the values it was "
             "trained with, or start a new run in a new hydra.run.dir (only eval.*, threads, "
             "logger, callbacks and the trainer's progress, logging and stopping settings may "
-            "change; see the README's Reliability section)"
+            "change; see docs/reliability.md)"
         )
 
 
