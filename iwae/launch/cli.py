@@ -7,6 +7,11 @@ files and every installed plugin's: ``hydra/launcher=basic``, ``submitit_local``
 it never rejects what Hydra accepts: list values (``'logger=[csv,wandb]'``), sweeps
 (``k=1,5``, ``choice()``, ``range()``, ``interval()``), shell completion and ``--info``.
 
+It also holds what ``train.py`` decides around a run without loading torch or Lightning
+(nothing here imports them, so a refusal comes in about a second): whether a refused run may
+remove the directory Hydra made for it (`run_dir_is_new`, `remove_refused_run_dir`), and the
+one line for an Optuna trial that ended before any validation (`no_validation_error`).
+
 Importing this module installs the warning filters of `quiet_third_party_noise`: the one
 import-time effect in the project, kept to the command line's module. `train.py` imports it,
 and so does every joblib worker when it unpickles ``train.main``, which matters because a
