@@ -104,6 +104,9 @@ def test_machine_data_files_are_used_as_found(downloading_checkpoint, server, tm
     run = load_run(ckpt)
     assert len(run.datamodule.splits.test) == 8 and server.requests == []
     assert not elsewhere.exists()
+    with pytest.raises(UserError, match=str(tmp_path / "given")):  # the command line's root
+        load_run(ckpt, data_root=str(tmp_path / "given"))
+    assert server.requests == []
 
 
 # --- links in a sweep folder ----------------------------------------------------------------------

@@ -179,6 +179,7 @@ def load_run(
     device: torch.device | str = "cpu",
     data_path: str | None = None,
     data: DictConfig | None = None,
+    data_root: str | None = None,
 ) -> LoadedRun:
     """Rebuild model (with the checkpoint's weights) and datamodule from ``ckpt_path``.
 
@@ -186,7 +187,9 @@ def load_run(
     checked against the allow-list before anything is built, a user data file must still have
     the checksum stored with it (``data_path`` scores another on purpose), and weights must be
     finite. Each failure is a one-line `UserError`. ``data`` (a ``data`` config node) scores
-    the model on other data, of the same image size, on purpose.
+    the model on other data, of the same image size, on purpose. A dataset's files are read
+    from ``data_root`` (the command line's ``paths.data_dir``; default: this machine's data
+    directory), never from where the checkpoint says, and never downloaded.
     """
     checkpoint = load_checkpoint(ckpt_path)
     stored = checkpoint.get("iwae_config")
@@ -198,7 +201,7 @@ def load_run(
     if data is not None:
         datamodule = prepared_data(data)
     else:
-        datamodule = build_data(config, checkpoint, str(ckpt_path), data_path)
+        datamodule = build_data(config, checkpoint, str(ckpt_path), data_path, data_root)
     datamodule.setup("test")
     model = build(config.model, input_dim=datamodule.input_dim)
     prefix = "model."
@@ -250,7 +253,13 @@ def machine_data_dir() -> str:
     return os.environ.get("IWAE_DATA_DIR") or "data"
 
 
-def build_data(config: DictConfig, checkpoint: Mapping, source: str, data_path: str | None) -> Any:
+def build_data(
+    config: DictConfig,
+    checkpoint: Mapping,
+    source: str,
+    data_path: str | None,
+    data_root: str | None = None,
+) -> Any:
     """The run's prepared datamodule. A user data file (``data=npz``/``folder``) is read from
     the absolute path stored in the checkpoint and must have the SHA-256 stored with it;
     ``data_path`` (``eval.data_path``) scores another file on purpose.
@@ -259,7 +268,7 @@ def build_data(config: DictConfig, checkpoint: Mapping, source: str, data_path: 
     the stored config's root, URL and download setting were dropped by `rebuild_config`, so
     a crafted checkpoint cannot fetch files or write them anywhere."""
     node = config.data
-    node.root = machine_data_dir()
+    node.root = data_root or machine_data_dir()
     saved = checkpoint.get(str(node._target_).rsplit(".", 1)[-1])  # Lightning's datamodule state
     saved = saved.get("data_file") if isinstance(saved, Mapping) else None
     if "path" not in node:
