@@ -20,7 +20,6 @@ from iwae.launch.cli import (
     is_eval_command,
     no_validation_error,
     quiet_third_party_noise,
-    quiet_wandb,
     remove_refused_run_dir,
     run_dir_is_new,
     search_space_as_arguments,
@@ -40,7 +39,6 @@ def main(cfg: DictConfig) -> float | None:
     # module-level code of this file, so the resolvers are registered here as well.
     register_resolvers()
     quiet_third_party_noise()  # and its warning filters: a joblib worker starts without them
-    quiet_wandb(cfg.get("logger"))
     from iwae.launch.eval_checkpoint import evaluate_checkpoint
     from iwae.launch.run import train
     from iwae.training.checkpointing import is_disk_full

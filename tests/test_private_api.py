@@ -12,6 +12,8 @@ Each stays because no public API does the same:
   ``steps_per_batch``): Lightning's logging step counter, advanced per optimizer step.
 - ``Optimizer._accelerator_graph_capture_health_check`` (`iwae.training.optim`): replaced on a
   machine without an accelerator, where torch would probe for one at every step.
+- ``WandbLogger._wandb_init`` (`iwae.training.loggers.WandbLogger`): the arguments Lightning
+  hands ``wandb.init``, from which the ``anonymous=None`` that makes W&B warn is dropped.
 - ``SummaryWriter._get_file_writer`` (`iwae.training.loggers.TensorBoardLogger`): where the
   HParams summaries go into the run's own event file, as Lightning's ``log_hyperparams`` does
   (the public ``add_hparams`` writes a second run in a new subfolder).
@@ -85,3 +87,13 @@ def test_summary_writer_gives_its_file_writer(tmp_path) -> None:
         )
     finally:
         writer.close()
+
+
+def test_wandb_logger_keeps_its_init_arguments(tmp_path) -> None:
+    from pytorch_lightning.loggers import WandbLogger
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    assert isinstance(getattr(logger, "_wandb_init", None), dict), (
+        "Lightning's WandbLogger._wandb_init is gone: iwae/training/loggers.py (WandbLogger) "
+        "must drop the anonymous argument another way"
+    )

@@ -170,8 +170,8 @@ def quiet_third_party_noise() -> None:
     - "`weights_only` was not set, defaulting to `False`": Lightning says so when a callback
       saves a full checkpoint (the preemption save); full is what resuming needs, and every
       checkpoint is read with ``weights_only=True`` (iwae/training/checkpointing.py).
-    - W&B's "The anonymous setting has no effect" (`quiet_wandb`), which Lightning's logger
-      causes on every run by passing ``anonymous=None``.
+    (W&B's "The anonymous setting has no effect" is avoided at its cause:
+    `iwae.training.loggers.WandbLogger`.)
 
     Called in the launching process and again in every job (a joblib worker is a fresh
     process that inherits none of these filters)."""
@@ -208,25 +208,6 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.text not in record.getMessage()
-
-
-WANDB_ANONYMOUS = "The anonymous setting has no effect and will be removed in a future version."
-
-
-def quiet_wandb(loggers: object) -> None:
-    """Mark W&B's anonymous-setting warning as printed already: W&B prints such a message
-    (``repeat=False``) once a process, and offers no filter. Imports wandb, so only when
-    ``loggers`` (the ``logger`` config node) has a W&B logger."""
-    nodes = loggers.values() if hasattr(loggers, "values") else []
-    if not any("wandb" in str((node or {}).get("_target_", "")).lower() for node in nodes):
-        return
-    try:
-        from wandb.errors import term
-    except ImportError:
-        return
-    printed = getattr(term, "_printed_messages", None)
-    if isinstance(printed, set):  # termwarn records the message behind its WARNING tag
-        printed.add(f"{getattr(term, 'WARN_STRING', 'WARNING')} {WANDB_ANONYMOUS}")
 
 
 def is_eval_command(argv: list[str]) -> bool:

@@ -88,7 +88,8 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     data = cfg.data if other_data else None
     if other_data and cfg.eval.get("data_path"):
         raise UserError("give either data=... or eval.data_path=..., not both")
-    run = load_run(ckpt_path, device, cfg.eval.get("data_path"), data)
+    data_root = cfg.get("paths", {}).get("data_dir")  # this machine's data, never the file's
+    run = load_run(ckpt_path, device, cfg.eval.get("data_path"), data, data_root=data_root)
     check_stored_values(run.config, ckpt_path)
     # Float sums depend on the thread count: unless told otherwise, evaluate with the run's own
     # `threads`, which reproduces its test/nll to the last digit.

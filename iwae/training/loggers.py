@@ -19,6 +19,17 @@ from iwae.errors import UserError
 _CHOICES = ("experiment", "objective", "model", "data", "schedule", "optimizer")
 
 
+class WandbLogger(pl_loggers.WandbLogger):
+    """Lightning's W&B logger without the ``anonymous=None`` it always hands ``wandb.init``,
+    which makes W&B print "The anonymous setting has no effect" on every run. Everything else
+    is Lightning's (``tests/test_private_api.py`` checks the ``_wandb_init`` it keeps)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+
 def run_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, str]) -> dict:
     """The config a run's loggers record: the settings users compare runs by at the top
     (objective, k, model, data, binarization, seed, lr, batch size, estimator), then the
