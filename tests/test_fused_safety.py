@@ -17,10 +17,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from datamodules.user_data import data_digest
-from hydra_plugins.iwae_fused_launcher.config import check_launcher_overrides
 from iwae.errors import UserError
 from iwae.fused.members import Member
-from iwae.fused.preflight import check_resume
 from iwae.launch.run_lock import LOCK_NAME, acquire_run_lock, release_run_lock
 from tests.helpers import TINY, TRAIN, compose_config, file_digest, no_wandb_env, wait_for_file
 
@@ -77,6 +75,8 @@ def _member(sweep: Path, job: int, overrides: list[str]) -> Member:
 
 @pytest.mark.parametrize("change", ["optimizer.lr=0.01", "seed=7", "objective=vae"])
 def test_every_change_a_single_run_refuses_is_refused(trained_sweep: Path, change: str) -> None:
+    from iwae.fused.preflight import check_resume
+
     checkpoint = trained_sweep / "fused" / "group-0.ckpt"
     check_resume([_member(trained_sweep, 0, ["k=1"])], checkpoint, {0: None})  # as trained
     with pytest.raises(UserError) as err:
@@ -172,6 +172,8 @@ def test_a_lock_file_that_is_a_link_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_launcher_option_is_one_line(override: str, expected: str, tmp_path: Path) -> None:
+    from hydra_plugins.iwae_fused_launcher.config import check_launcher_overrides
+
     value = override.split("=")[1]
     direct = check_launcher_overrides(["-m", "hydra/launcher=fused", "k=1", override])
     assert direct is not None and expected in direct
@@ -185,6 +187,8 @@ def test_a_bad_launcher_option_is_one_line(override: str, expected: str, tmp_pat
 
 
 def test_good_launcher_options_and_other_launchers_pass() -> None:
+    from hydra_plugins.iwae_fused_launcher.config import check_launcher_overrides
+
     fused = ["-m", "hydra/launcher=fused"]
     good = ["hydra.launcher.checkpoint_every_n_steps=5", "hydra.launcher.split_by_k=null"]
     assert check_launcher_overrides([*fused, *good, "hydra.launcher.single_group=true"]) is None
