@@ -118,8 +118,8 @@ def test_every_member_is_checked_before_any_group_trains(
 ) -> None:
     sweep = tmp_path / "sweep"
     line = _one_line(_sweep([f"k={ks}"], sweep, check=False))
-    assert line.startswith("error: job 1 (") and expected in line
     assert not list(sweep.rglob("metrics.json")) and not list(sweep.rglob("*.ckpt"))
+    assert line.startswith("error: job 1 (") and expected in line  # names the member
 
 
 # --- one process per sweep directory -------------------------------------------------------------

@@ -65,6 +65,7 @@ def prepare_job(launcher: FusedLauncher, idx: int, overrides: Sequence[str]):
         del task_cfg["hydra"]
     hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
     acquire_run_lock(output_dir, key=SWEEP_DIR)  # as each job of other launchers' sweeps does
+    Path(output_dir).mkdir(parents=True, exist_ok=True)  # also where no lock is taken (DDP rank)
     if config.hydra.output_subdir is not None:
         hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
         _save_config(task_cfg, "config.yaml", hydra_output)
@@ -104,6 +105,7 @@ def launch(
         # one fused sweep per sweep directory: two would write the same members' runs and
         # group checkpoints (the lock is held for the life of the process, as a run's is)
         acquire_run_lock(sweep_dir, "sweep directory", SWEEP_DIR)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         return _launch(launcher, job_overrides, initial_job_idx, sweep_dir)
     except UserError as e:
         exit_for(_for_sweep(e))

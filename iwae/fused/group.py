@@ -59,9 +59,9 @@ class NonFiniteSettings:
 class FusedGroup:
     """Builds the members, trains them together, writes each member's run directory.
 
-    The members' values, memory and data are checked before any group is built
-    (`iwae.fused.preflight.check_members`), so that no group trains in a sweep that another
-    member's bad value would stop.
+    A group checks no values: the launcher checks every member's values, memory and data
+    before it builds the first group (`iwae.fused.preflight.check_members`), so that no group
+    trains in a sweep that a later member's bad value would stop.
 
     Args:
         members: configurations that `group_members` put together.
