@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
@@ -28,8 +29,16 @@ from hydra.core.utils import (
 from omegaconf import OmegaConf, open_dict, read_write
 
 from iwae.errors import UserError, exit_for
+from iwae.launch.run_lock import acquire_run_lock
+from iwae.training.checkpointing import DiskFullError, is_disk_full
 
+from .config import check_launcher_options
 from .fused_launcher import FusedLauncher
+
+if TYPE_CHECKING:
+    from iwae.fused.members import Member
+
+SWEEP_DIR = "hydra.sweep.dir"
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,8 @@ def prepare_job(launcher: FusedLauncher, idx: int, overrides: Sequence[str]):
     with read_write(task_cfg), open_dict(task_cfg):
         del task_cfg["hydra"]
     hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    acquire_run_lock(output_dir, key=SWEEP_DIR)  # as each job of other launchers' sweeps does
+    Path(output_dir).mkdir(parents=True, exist_ok=True)  # also where no lock is taken (DDP rank)
     if config.hydra.output_subdir is not None:
         hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
         _save_config(task_cfg, "config.yaml", hydra_output)
@@ -87,14 +97,42 @@ def launch(
     assert launcher.config is not None
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     original = HydraConfig.instance().cfg
     try:
+        problem = check_launcher_options(launcher.options)
+        if problem:
+            raise UserError(problem)
+        # one fused sweep per sweep directory: two would write the same members' runs and
+        # group checkpoints (the lock is held for the life of the process, as a run's is)
+        acquire_run_lock(sweep_dir, "sweep directory", SWEEP_DIR)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         return _launch(launcher, job_overrides, initial_job_idx, sweep_dir)
     except UserError as e:
-        exit_for(e)
+        exit_for(_for_sweep(e))
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        exit_for(
+            UserError(
+                f"no space left on the device writing {e.filename or sweep_dir}; free some space "
+                f"there (or pass {SWEEP_DIR}=<a disk with room>) and resume with resume=true"
+            )
+        )
     finally:
         HydraConfig.instance().cfg = original
+
+
+def _for_sweep(error: UserError) -> UserError:
+    """A full disk is worded for a single run (`write_bytes_atomic`: "pass hydra.run.dir=");
+    a sweep's directories follow hydra.sweep.dir."""
+    if isinstance(error, DiskFullError):
+        return UserError(str(error).replace("hydra.run.dir=", f"{SWEEP_DIR}="))
+    return error
+
+
+def group_checkpoint(sweep_dir: Path, group: list[Member]) -> Path:
+    """``<sweep dir>/fused/group-<jobs>.ckpt``: a group's checkpoint, named by its jobs."""
+    return sweep_dir / "fused" / ("group-" + "-".join(str(m.job) for m in group) + ".ckpt")
 
 
 def _launch(
@@ -103,7 +141,8 @@ def _launch(
     initial_job_idx: int,
     sweep_dir: Path,
 ) -> list[JobReturn]:
-    from iwae.fused.members import check_member, group_members, training_device
+    from iwae.fused.members import group_members, training_device
+    from iwae.fused.preflight import check_members, check_resume
     from iwae.fused.runs import train_group
     from iwae.training.resume import resume_requested
 
@@ -112,8 +151,7 @@ def _launch(
         for i, overrides in enumerate(job_overrides)
     ]
     members = [member for member, _ in prepared]
-    for member in members:
-        check_member(member)
+    data_hashes = check_members(members)  # every member before any group trains
     options = launcher.options
     split_by_k = options["split_by_k"]
     if split_by_k is None:  # measured: benchmarks/fused.py; docs/performance.md
@@ -121,16 +159,17 @@ def _launch(
             training_device(members[0].cfg.trainer.get("accelerator", "auto")).type == "cpu"
         )
     groups, note = group_members(members, split_by_k, options["single_group"])
+    resumes = [any(resume_requested(m.cfg.get("resume")) for m in group) for group in groups]
+    for group, resume in zip(groups, resumes):
+        if resume:
+            check_resume(group, group_checkpoint(sweep_dir, group), data_hashes)
     if note:
         print(note, flush=True)
     results: dict[int, dict | None] = {}
-    for group in groups:
-        name = "group-" + "-".join(str(m.job) for m in group) + ".ckpt"
-        resume = any(resume_requested(m.cfg.get("resume")) for m in group)
-        every = options["checkpoint_every_n_steps"]
-        for member, metrics in zip(
-            group, train_group(group, sweep_dir / "fused" / name, every, resume)
-        ):
+    every = options["checkpoint_every_n_steps"]
+    for group, resume in zip(groups, resumes):
+        path = group_checkpoint(sweep_dir, group)
+        for member, metrics in zip(group, train_group(group, path, every, resume)):
             results[member.job] = metrics
     stopped = [m.label for m in members if results[m.job] is None]
     if stopped:

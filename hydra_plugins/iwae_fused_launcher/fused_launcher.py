@@ -21,11 +21,15 @@ class FusedLauncher(Launcher):
         single_group: bool = False,
         split_by_k: bool | None = None,
         checkpoint_every_n_steps: int | None = None,
+        **unknown: Any,
     ) -> None:
+        # ``+hydra.launcher.foo=1`` arrives here: kept, and refused in one line by `launch`
+        # (a TypeError here would reach the user as Hydra's many-line instantiation error).
         self.options: dict[str, Any] = {
             "single_group": single_group,
             "split_by_k": split_by_k,
             "checkpoint_every_n_steps": checkpoint_every_n_steps,
+            **unknown,
         }
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from iwae.errors import UserError
@@ -34,7 +34,6 @@ from iwae.fused.members import Member, training_device
 from iwae.fused.objectives import FusedObjective
 from iwae.fused.stacked import StackedIWAE
 from iwae.launch.assembly import build
-from iwae.launch.config_check import check_run_values
 from iwae.launch.device import set_flush_denormal, set_torch_threads
 from iwae.training.checkpointing import load_checkpoint, write_bytes_atomic
 
@@ -60,6 +59,10 @@ class NonFiniteSettings:
 class FusedGroup:
     """Builds the members, trains them together, writes each member's run directory.
 
+    A group checks no values: the launcher checks every member's values, memory and data
+    before it builds the first group (`iwae.fused.preflight.check_members`), so that no group
+    trains in a sweep that a later member's bad value would stop.
+
     Args:
         members: configurations that `group_members` put together.
         checkpoint_path: the group checkpoint (stacked weights, Adam, generators, data
@@ -80,8 +83,6 @@ class FusedGroup:
         self.device = training_device(first.trainer.get("accelerator", "auto"))
         set_torch_threads(first.get("threads"))
         set_flush_denormal(first.get("flush_denormal", True))  # a top-level key: shared
-        for member in members:
-            check_run_values(member.cfg)
         self.datamodules = self._build_data()
         models, self.objectives, self.generators = self._build_models()
         self.stacked = StackedIWAE(models).to(self.device)
@@ -116,7 +117,7 @@ class FusedGroup:
         for member in self.members:
             dm = build(member.cfg.data)
             if shared is not None and dm.binarization == "dynamic":
-                dm.splits = shared.splits
+                dm.splits, dm.data_sha256 = shared.splits, getattr(shared, "data_sha256", None)
                 dm.train_x, dm.val_x, dm.test_x = shared.train_x, shared.val_x, shared.test_x
             else:
                 dm.prepare()
@@ -267,6 +268,10 @@ class FusedGroup:
                 for name in ("alive", "skipped", "first_bad", "step_t")
             },
             "reported": sorted(self.reported),
+            # what a resume compares (`iwae.fused.preflight.check_resume`): each member's
+            # config, and the file and SHA-256 of its data (data=npz/folder; else None)
+            "configs": [OmegaConf.to_container(m.cfg, resolve=True) for m in self.members],
+            "data_files": [data_file(dm) for dm in self.datamodules],
         }
 
     def save_checkpoint(self, seconds: float) -> None:
@@ -278,12 +283,7 @@ class FusedGroup:
         if not self.checkpoint_path.is_file():
             return False
         state = load_checkpoint(self.checkpoint_path)
-        jobs = [m.job for m in self.members]
-        if state.get("version") != CHECKPOINT_VERSION or state.get("jobs") != jobs:
-            raise UserError(
-                f"{self.checkpoint_path} belongs to another group (jobs {state.get('jobs')}, not "
-                f"{jobs}); resume with the same sweep overrides and hydra.sweep.dir"
-            )
+        check_group_jobs(state, self.checkpoint_path, [m.job for m in self.members])
         self.stacked.load_flat(state["state_dict"]["flat"].to(self.device))
         self.adam.load_state_dict({k: v.to(self.device) for k, v in state["adam"].items()})
         self.global_step, self.epoch = int(state["global_step"]), int(state["epoch"])
@@ -299,9 +299,22 @@ class FusedGroup:
         return True
 
 
-def _plain(node: Any) -> dict[str, Any]:
-    from omegaconf import OmegaConf
+def check_group_jobs(state: dict[str, Any], path: Path, jobs: list[int]) -> None:
+    """A one-line `UserError` unless the group checkpoint ``state`` is of the group ``jobs``."""
+    if state.get("version") != CHECKPOINT_VERSION or state.get("jobs") != jobs:
+        raise UserError(
+            f"{path} belongs to another group (jobs {state.get('jobs')}, not {jobs}); resume "
+            "with the same sweep overrides and hydra.sweep.dir"
+        )
 
+
+def data_file(datamodule: Any) -> dict[str, str] | None:
+    """``{"path", "sha256"}`` of a user data file, as a separate run's checkpoint stores it."""
+    sha256 = getattr(datamodule, "data_sha256", None)
+    return None if sha256 is None else {"path": str(datamodule.path), "sha256": sha256}
+
+
+def _plain(node: Any) -> dict[str, Any]:
     container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
     assert isinstance(container, dict)
     return container

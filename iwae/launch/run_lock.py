@@ -10,6 +10,7 @@ directory and the holder's PID.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sys
@@ -45,25 +46,36 @@ def _unwritable(path: Path, err: OSError, key: str = "hydra.run.dir") -> UserErr
     )
 
 
-def acquire_run_lock(run_dir: str | os.PathLike) -> None:
+def acquire_run_lock(
+    run_dir: str | os.PathLike, what: str = "run directory", key: str = "hydra.run.dir"
+) -> None:
     """Lock ``run_dir`` for this process (creating it), or raise a one-line `UserError` if
-    another process holds it or the directory cannot be written."""
+    another process holds it or the directory cannot be written. ``what`` and ``key`` name the
+    directory in that line (a fused sweep locks its ``hydra.sweep.dir``, a "sweep directory")."""
     run_dir = _key(run_dir)
     if run_dir in _held or not _is_first_process():
         return
+    lock = run_dir / LOCK_NAME
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        # O_NOFOLLOW: a lock file that is a symbolic link would have the PID written over
+        # whatever it points to (the open fails with ELOOP instead).
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as err:
-        raise _unwritable(run_dir, err) from None
+        if err.errno == errno.ELOOP:
+            raise UserError(
+                f"{lock} is a symbolic link (to {os.readlink(lock)}); the lock is never taken "
+                f"through one, since that would overwrite the file it points to: remove the link"
+            ) from None
+        raise _unwritable(run_dir, err, key) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise UserError(
-            f"run directory {run_dir} is in use by another process (PID {holder}); wait for it "
-            "to end, or pass another hydra.run.dir"
+            f"{what} {run_dir} is in use by another process (PID {holder}); wait for it "
+            f"to end, or pass another {key}"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -103,7 +115,7 @@ def _override(argv: list[str], key: str) -> str | None:
 def claim_output_dir(argv: list[str]) -> None:
     """Before Hydra starts (it would fail with a logging traceback, and a second process would
     overwrite the first one's ``.hydra/``): check that the output directory can be written, and
-    for a single run lock it for the life of this process."""
+    for a single run or a fused sweep lock it for the life of this process."""
     multirun = "-m" in argv or "--multirun" in argv
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = _override(argv, key)
@@ -116,6 +128,9 @@ def claim_output_dir(argv: list[str]) -> None:
     path = Path(given).absolute()
     if not multirun:
         acquire_run_lock(path)
+        return
+    if "hydra/launcher=fused" in argv:  # one process trains the whole sweep: it locks it all
+        acquire_run_lock(path, "sweep directory", key)
         return
     try:  # each job of a sweep locks its own directory when it starts (train.py's main)
         path.mkdir(parents=True, exist_ok=True)

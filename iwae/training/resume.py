@@ -117,6 +117,18 @@ def refused_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     return changes
 
 
+# What every refusal of a changed resume ends with.
+MAY_CHANGE_HINT = (
+    "(only eval.*, threads, logger, callbacks and the trainer's progress, logging and stopping "
+    "settings may change; see docs/reliability.md)"
+)
+
+
+def shown_changes(changes: list[str]) -> str:
+    """The first four of `refused_changes`' lines, joined, and how many more there are."""
+    return "; ".join(changes[:4]) + (f" (and {len(changes) - 4} more)" if changes[4:] else "")
+
+
 def check_resume_config(
     stored: Mapping[str, Any] | None, new: Mapping[str, Any], ckpt_path: str | os.PathLike
 ) -> None:
@@ -132,12 +144,10 @@ def check_resume_config(
         return
     changes = refused_changes(stored, new)
     if changes:
-        shown = "; ".join(changes[:4]) + (f" (and {len(changes) - 4} more)" if changes[4:] else "")
         raise UserError(
-            f"resuming {ckpt_path} would change the run: {shown}; resume with the values it was "
-            "trained with, or start a new run in a new hydra.run.dir (only eval.*, threads, "
-            "logger, callbacks and the trainer's progress, logging and stopping settings may "
-            "change; see docs/reliability.md)"
+            f"resuming {ckpt_path} would change the run: {shown_changes(changes)}; resume with "
+            f"the values it was trained with, or start a new run in a new hydra.run.dir "
+            f"{MAY_CHANGE_HINT}"
         )
 
 
@@ -146,3 +156,33 @@ def resume_requested(resume: bool) -> bool:
     requeued by submitit): its run directory holds the last.ckpt to continue from."""
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     return bool(resume) or (restarts.isdigit() and int(restarts) > 0)
+
+
+def stored_data_file(checkpoint: Mapping[str, Any], datamodule: Any) -> Mapping[str, Any] | None:
+    """``{"path", "sha256"}`` of the data file a checkpoint was trained on, from the state
+    Lightning saves under the datamodule's class name; None for the paper's datasets (their
+    files are pinned by checksums in the config) and checkpoints written before it was stored."""
+    state = checkpoint.get(type(datamodule).__qualname__)
+    saved = state.get("data_file") if isinstance(state, Mapping) else None
+    return saved if isinstance(saved, Mapping) else None
+
+
+def check_resume_data(
+    stored: Mapping[str, Any] | None,
+    sha256: str | None,
+    source: str | os.PathLike,
+    fix: str = "start a new run in a new hydra.run.dir",
+) -> None:
+    """Refuse, in one line naming the file and both SHA-256s, to resume ``source`` on a data
+    file (``data=npz``/``folder``) whose bytes are not those it was trained on (``stored``).
+
+    ``data.path`` is compared with the config, but a file rewritten in place (or two images of
+    a folder replaced) has the same path and shape: the resumed run trained on other data and
+    recorded the new checksum as if it had been trained on it throughout.
+    """
+    if stored is None or sha256 is None or stored.get("sha256") == sha256:
+        return
+    raise UserError(
+        f"data file {stored.get('path')} changed since {source} was written (SHA-256 {sha256}, "
+        f"was {stored.get('sha256')}); restore the file it was trained on to resume, or {fix}"
+    )
