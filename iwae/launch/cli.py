@@ -151,8 +151,15 @@ def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if hydra_overrides(argv) is None:
         return  # shell completion or help: no job runs
+    # the fused launcher's options, before Hydra writes the sweep directory (no torch needed)
+    from hydra_plugins.iwae_fused_launcher.config import check_launcher_overrides
+
     # check_override_keys leaves another primary config (-cn, -cp, -cd) to Hydra
-    message = check_overrides(argv) or check_override_keys(argv, CONF_DIR)
+    message = (
+        check_overrides(argv)
+        or check_launcher_overrides(hydra_overrides(argv) or [])
+        or check_override_keys(argv, CONF_DIR)
+    )
     if message:
         exit_for(UserError(message))
 
