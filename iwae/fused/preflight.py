@@ -47,7 +47,7 @@ def check_members(members: list[Member]) -> dict[int, str | None]:
         try:
             training_device(member.cfg.trainer.get("accelerator", "auto"))
             NonFiniteSettings(member.cfg)
-            datamodule = check_run_values(member.cfg)
+            datamodule = check_run_values(member.cfg).datamodule
         except UserError as err:
             raise UserError(f"{member.label}: {err}") from None
         hashes[member.job] = getattr(datamodule, "data_sha256", None)

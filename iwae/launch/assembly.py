@@ -52,15 +52,18 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def build_module(cfg: DictConfig, datamodule: Any) -> IWAEModule:
-    """Model (output bias from the training data), objective, optimizer and schedule."""
+def build_module(
+    cfg: DictConfig, datamodule: Any, objective: Any = None, schedule: Any = None
+) -> IWAEModule:
+    """Model (output bias from the training data), objective, optimizer and schedule; the
+    ``objective`` and ``schedule`` already built by the config check when given."""
     model = build(cfg.model, input_dim=datamodule.input_dim)
     model.init_output_bias(datamodule.train_pixel_mean())
     return IWAEModule(
         model=model,
-        objective=build(cfg.objective),
+        objective=objective if objective is not None else build(cfg.objective),
         optimizer=build(cfg.optimizer),
-        schedule=build(cfg.schedule),
+        schedule=schedule if schedule is not None else build(cfg.schedule),
         val_k=cfg.eval.val_k,
         val_seed=cfg.eval.seed,
         log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),

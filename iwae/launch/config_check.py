@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -239,14 +240,25 @@ def check_sweeper(sweeper: DictConfig) -> None:
         )
 
 
-def check_run_values(cfg: DictConfig) -> Any:
+@dataclass
+class CheckedRun:
+    """What `check_run_values` built to check the config, for the run to use as it is: each
+    object is validated while it is built, and built once. The datamodule is prepared (its
+    data read; preparing it draws no global random numbers); objective and schedule hold no
+    random state. The model is not here: it is built after the run's seed is set."""
+
+    datamodule: Any
+    objective: Any
+    schedule: Any
+
+
+def check_run_values(cfg: DictConfig) -> CheckedRun:
     """Raise a one-line `UserError` for any value that would otherwise fail (or be silently
     misread) later: during training, or after it, in the final evaluation.
 
     Scalars first, then the constructors' arguments, then the data (read here to learn the
     input size and training-set size), then whether the training step, the validation bound
-    and the evaluation fit in memory. Returns the prepared datamodule, which a caller may use
-    rather than read the data again (its preparation uses no global random state).
+    and the evaluation fit in memory. Returns what it built on the way (`CheckedRun`).
     """
     check_top_level(cfg)
     check_eval_values(cfg.eval, mode=str(cfg.get("mode", "train")))
@@ -258,7 +270,7 @@ def check_run_values(cfg: DictConfig) -> Any:
         check_arguments(group, cfg[group])
     from iwae.launch.assembly import build
 
-    objective, _ = build(cfg.objective), build(cfg.schedule)
+    objective, schedule = build(cfg.objective), build(cfg.schedule)
     datamodule = build(cfg.data)
     datamodule.steps_per_batch = check_steps_per_batch(cfg)
     datamodule.prepare()
@@ -269,7 +281,7 @@ def check_run_values(cfg: DictConfig) -> Any:
             f"({n_train} images); lower data.batch_size or use more data"
         )
     check_memory(cfg, objective.num_samples, datamodule)
-    return datamodule
+    return CheckedRun(datamodule, objective, schedule)
 
 
 def check_top_level(cfg: DictConfig) -> None:

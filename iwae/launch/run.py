@@ -41,9 +41,10 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Fit the configured model and write ``metrics.json``; return the metrics."""
     started = time.perf_counter()
     ckpt_path, checkpoint = resume_checkpoint(cfg, output_dir)
-    # Every value, the data and the memory: fail now, not after training. The prepared
-    # datamodule comes back (reading the data drew no global random numbers), so it is read once.
-    datamodule = check_run_values(cfg)
+    # Every value, the data and the memory: fail now, not after training. What the check built
+    # (the prepared data, the objective, the schedule) is what the run uses: built once.
+    checked = check_run_values(cfg)
+    datamodule = checked.datamodule
     check_batch_limit(cfg)
     check_ddp_launch(cfg.trainer)
     set_torch_threads(cfg.get("threads"))  # parallel runs (joblib, SLURM) share the cores
@@ -52,7 +53,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         with open_dict(cfg):  # the evaluation's bars would interleave like the training's
             cfg.eval.progress = False
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule, checked.objective, checked.schedule)
     if cfg.get("init_from") and not ckpt_path:  # a resumed fine-tune run has its own weights
         load_init_weights(module, cfg.init_from)  # Table 2: weights only, fresh optimizer
     if ckpt_path and checkpoint is not None:  # one clear line each, before Lightning starts
