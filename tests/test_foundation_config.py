@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from hydra.utils import instantiate
 
@@ -33,7 +35,11 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path):
         assert sum(p.numel() for p in obj.parameters()) > 0
     elif group in ("logger", "callbacks"):
         for n in (node or {}).values():
-            instantiate(n)
+            if option == "mlflow" and importlib.util.find_spec("mlflow") is None:
+                with pytest.raises(UserError, match=r"pip install '\.\[mlflow\]'"):
+                    build(n)  # an optional extra: one line naming it, before any training
+            else:
+                instantiate(n)
     elif group == "optimizer":
         import torch
 
