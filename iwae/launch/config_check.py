@@ -214,11 +214,7 @@ def check_plain_values(cfg: DictConfig, multirun: bool = False) -> str | None:
         if str(cfg.get("mode", "train")) not in ("train", "eval"):
             return f"unknown mode {cfg.mode!r}; choose one of: train, eval"
         check_plain_top_level(cfg)
-        check_eval_values(cfg.eval, mode=str(cfg.get("mode", "train")))
-        check_optimizer(cfg.optimizer)
-        max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
-        if max_epochs is not None:
-            check_positive_int("trainer.max_epochs", max_epochs)
+        check_scalar_values(cfg)
         if multirun:
             check_sweeper(cfg.hydra.sweeper)
     except UserError as err:
@@ -238,6 +234,16 @@ def check_sweeper(sweeper: DictConfig) -> None:
             f"hydra.sweeper.n_trials must be an integer >= 1 (the trials the study runs), "
             f"got {n_trials!r}"
         )
+
+
+def check_scalar_values(cfg: DictConfig) -> None:
+    """``eval.*``, the optimizer's settings and ``trainer.max_epochs``: values that need neither
+    the data nor torch, checked before Hydra starts and again in each run."""
+    check_eval_values(cfg.eval, mode=str(cfg.get("mode", "train")))
+    check_optimizer(cfg.optimizer)
+    max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if max_epochs is not None:
+        check_positive_int("trainer.max_epochs", max_epochs)
 
 
 @dataclass
@@ -261,11 +267,7 @@ def check_run_values(cfg: DictConfig) -> CheckedRun:
     and the evaluation fit in memory. Returns what it built on the way (`CheckedRun`).
     """
     check_top_level(cfg)
-    check_eval_values(cfg.eval, mode=str(cfg.get("mode", "train")))
-    check_optimizer(cfg.optimizer)
-    max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
-    if max_epochs is not None:
-        check_positive_int("trainer.max_epochs", max_epochs)
+    check_scalar_values(cfg)
     for group in ("model", "objective", "data", "schedule", "optimizer"):
         check_arguments(group, cfg[group])
     from iwae.launch.assembly import build
