@@ -115,7 +115,8 @@ def test_ddp_run_as_a_two_task_job(cluster: LocalSlurmCluster, tmp_path: Path) -
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train/steps"] == 20  # 2 x 10 images a step: the single process's 20
     assert len(wandb_run_files(run)) == 1
-    rank1_log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_1_log.err"))
+    # Lightning logs through Hydra's handlers (stdout and train.log), not a stderr of its own
+    rank1_log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_1_log.*"))
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in rank1_log
 
 
@@ -157,10 +158,10 @@ def test_preempted_job_requeues_and_resumes(cluster: LocalSlurmCluster, tmp_path
     launcher_log = (tmp_path / "launcher.log").read_text()
     assert launcher.returncode == 0, launcher_log[-4000:]
 
-    # submitit's messages go to the run's train.log, Lightning's to the job's stderr.
+    # submitit's messages go to the run's train.log, Lightning's to the job's output too.
     run_log = (sweep / "0" / "train.log").read_text()
     assert "this job is preempted" in run_log and "Requeued job" in run_log
-    job_log = "".join(p.read_text() for p in sweep.glob(f".submitit/{job}*/*_log.err"))
+    job_log = "".join(p.read_text() for p in sweep.glob(f".submitit/{job}*/*_log.*"))
     assert f"Restoring states from the checkpoint path at {last}" in job_log
     assert 0 < step_at_preemption < epochs * steps_per_epoch
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())
