@@ -42,8 +42,10 @@ class ProgressLines(Callback):
         self._first_step = trainer.global_step  # a resumed run's speed counts its own steps
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not self._active:  # a terminal (the bar shows progress): nothing to do per step
+            return
         now = time.monotonic()
-        if not self._active or now - self._last < self.every_seconds:
+        if now - self._last < self.every_seconds:
             return
         self._last = now
         print(self.line(trainer, now - self._start), flush=True)
