@@ -145,7 +145,8 @@ def test_mode_eval_refuses_bad_ais_values_before_any_work(trained, tmp_path, ove
 def test_reproduction_pairs_the_per_image_csv_of_an_evaluation(tmp_path):
     """The study reads a mode=eval's log_likelihoods.csv of the same checkpoint, k and seed,
     and pairs AIS estimates digit by digit on the digits both runs have."""
-    from iwae.reports.reproduction import paired_differences, per_image_csv
+    from iwae.reports.miniature import combine
+    from iwae.reports.reproduction import per_image_csv
 
     ckpt = tmp_path / "run" / "checkpoints" / "snapshots" / "epoch=1.ckpt"
     ckpt.parent.mkdir(parents=True)
@@ -160,13 +161,14 @@ def test_reproduction_pairs_the_per_image_csv_of_an_evaluation(tmp_path):
     assert per_image_csv(ckpt, 21, 0) is None  # another k: not the same numbers
     is_ll, ais_ll = per_image_csv(ckpt, 20, 0)
     assert is_ll.tolist() == [-90.5, -80.25] and ais_ll.tolist() == [-89.0]
-    common = {"data": "d", "model": "one_layer", "k": 5, "step": 10, "seed": 0}
-    points = [
-        {**common, "objective": "vae", "test_ll_per_image": [-92.0, -81.0],
-         "test_ll_ais_per_image": [-90.0]},
-        {**common, "objective": "iwae", "test_ll_per_image": [-90.5, -80.25],
-         "test_ll_ais_per_image": [-89.0, -79.0]},
-    ]  # fmt: skip
-    (row,) = paired_differences(points)
-    assert row["diff"] == pytest.approx(-1.125) and row["digits"] == 2
-    assert row["diff_ais"] == pytest.approx(-1.0) and row["digits_ais"] == 1
+    common = {"model": "1_layer", "k": 5, "step": 10, "seed": 0}
+    rows = [{**common, "objective": o, "run": o} for o in ("vae", "iwae")]
+    log_p = {
+        ("vae", 10, "is"): [-92.0, -81.0], ("vae", 10, "ais"): [-90.0],
+        ("iwae", 10, "is"): [-90.5, -80.25], ("iwae", 10, "ais"): [-89.0, -79.0],
+    }  # fmt: skip
+    terms = [(("1_layer", 5, "iwae"), 1), (("1_layer", 5, "vae"), -1)]
+    paired = combine(rows, log_p, terms, 10)
+    assert paired.diff == pytest.approx(-1.125) and paired.digits == 2
+    ais = combine(rows, log_p, terms, 10, "ais")
+    assert ais.diff == pytest.approx(-1.0) and ais.digits == 1

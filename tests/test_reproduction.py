@@ -1,57 +1,138 @@
-"""The reproduction study's command (`iwae.reports.reproduction`): paired differences, CSV, and
-the table in docs/reproduction.md."""
+"""The reproduction study (`iwae.reports.reproduction`, `iwae.reports.miniature`): paired
+differences against a direct computation, the committed CSVs, and the tables of
+docs/reproduction.md regenerated from them."""
 
 from __future__ import annotations
 
+import json
 import math
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from iwae.reports.reproduction import (
-    CSV_NAME,
-    evaluate_runs,
-    last_point_table,
-    load_points,
-    paired_differences,
-    read_csv,
+from iwae.errors import UserError
+from iwae.reports import miniature
+from iwae.reports.reproduction import evaluate_runs, load_points, report
+from iwae.reports.study_files import (
+    LOG_P_CSV,
+    RUNS_CSV,
+    merge_study,
+    page_block,
+    read_study,
+    write_page_blocks,
 )
 from tests.helpers import ROOT
 
 DOCS = ROOT / "docs" / "reproduction"
+PAGE = ROOT / "docs" / "reproduction.md"
 
 
-def _point(objective: str, seed: int, ll: list[float], step: int = 100) -> dict:
+def _point(model, k, objective, seed, ll, step=100, units=10) -> dict:
     return {
-        "data": "d", "model": "1_layer", "k": 5, "objective": objective, "seed": seed,
-        "step": step, "test_ll_per_image": ll,
+        "data": "d", "model": model, "k": k, "objective": objective, "seed": seed,
+        "epoch": 1, "step": step, "test_ll_per_image": list(ll), "test_nll": -float(np.mean(ll)),
+        "test_nll_stderr": 0.1, "train_nll": 1.0, "train_nll_stderr": 0.1,
+        "active_units": units, "active_units_per_layer": str(units), "eval_k": 5000,
+        "commit": "abc1234", "run": f"{model}/k{k}/{objective}/seed{seed}",
     }  # fmt: skip
 
 
-def test_paired_difference_matches_a_direct_computation():
-    rng = np.random.default_rng(0)
-    vae = rng.normal(-100, 5, size=(3, 40))
-    iwae = vae + rng.normal(1.0, 0.5, size=(3, 40))  # IWAE log-likelihood higher by ~1 nat
-    points = [_point("vae", s, vae[s].tolist()) for s in range(3)]
-    points += [_point("iwae", s, iwae[s].tolist()) for s in range(3)]
-    points.append(_point("iwae", 7, iwae[0].tolist()))  # no VAE partner: left out
-    (row,) = paired_differences(points)
-    nll_diff = -(iwae - vae)  # per seed, per digit: NLL_iwae - NLL_vae
-    per_digit = nll_diff.mean(0)
-    assert row["seeds"] == 3
-    assert row["diff"] == pytest.approx(per_digit.mean())
-    assert row["se_digits"] == pytest.approx(per_digit.std(ddof=1) / math.sqrt(40))
-    assert row["se_seeds"] == pytest.approx(nll_diff.mean(1).std(ddof=1) / math.sqrt(3))
-    assert row["diff"] < 0
+def _study(rng, seeds=3, digits=40, step=100) -> list[dict]:
+    """VAE-5, IWAE-5, VAE-50, IWAE-50 and k = 1, log p per seed and digit."""
+    base = rng.normal(-100, 5, size=(seeds, digits))
+    shift = {(1, "vae"): -0.5, (5, "vae"): 0.0, (5, "iwae"): 1.0, (50, "vae"): 0.1, (50, "iwae"): 2}
+    points = []
+    for (k, objective), s in shift.items():
+        for seed in range(seeds):
+            ll = base[seed] + s + rng.normal(0, 0.3, size=digits)
+            points.append(_point("1_layer", k, objective, seed, ll, step))
+    return points
 
 
-def test_snapshot_nll_agrees_with_mode_eval(tmp_path):
+def test_paired_combinations_match_a_direct_computation():
+    points = _study(np.random.default_rng(0))
+    points.append(_point("1_layer", 5, "iwae", 7, [-90.0] * 40))  # no VAE partner: left out
+    rows = [dict(p) for p in points]
+    log_p = {(p["run"], p["step"], "is"): p["test_ll_per_image"] for p in points}
+    ll = {(p["k"], p["objective"], p["seed"]): np.array(p["test_ll_per_image"]) for p in points}
+    claim = miniature.CLAIMS[-1]  # (IWAE-50 - IWAE-5) - (VAE-50 - VAE-5)
+    paired = miniature.combine(rows, log_p, claim.cells("1_layer"), 100)
+    nll = np.stack([
+        -(ll[50, "iwae", s] - ll[5, "iwae", s]) + (ll[50, "vae", s] - ll[5, "vae", s])
+        for s in range(3)
+    ])  # fmt: skip
+    per_digit = nll.mean(0)
+    assert paired.seeds == 3 and paired.digits == 40
+    assert paired.diff == pytest.approx(per_digit.mean())
+    assert paired.se_digits == pytest.approx(per_digit.std(ddof=1) / math.sqrt(40))
+    assert paired.se_seeds == pytest.approx(nll.mean(1).std(ddof=1) / math.sqrt(3))
+    assert paired.diff == pytest.approx(-0.9, abs=0.3) and paired.verdict(-1) == "shown"
+    assert paired.verdict(1) == "reversed" and paired.verdict(None) == "measured"
+    k1 = miniature.combine(rows, log_p, miniature.CLAIMS[2].cells("1_layer"), 100)
+    assert k1.diff == pytest.approx(-1.5, abs=0.2)  # IWAE-5 - k=1: the k = 1 run, either column
+
+
+def test_a_difference_within_two_standard_errors_is_not_shown():
+    paired = miniature.Paired(diff=-0.3, se_digits=0.1, se_seeds=0.2, seeds=3, digits=500)
+    assert paired.se == 0.2 and paired.verdict(-1) == "not shown"
+    assert miniature.Paired(-0.3, math.nan, math.nan, 1, 0).verdict(-1) == "no error bar"
+
+
+def test_table1_fills_both_columns_at_k1_and_marks_cells_not_run():
+    rows = _study(np.random.default_rng(1))
+    table = miniature.table1(rows).splitlines()
+    one = next(line for line in table if line.startswith("| 1 | 1 |"))
+    assert one.split(" | ")[2] == one.split(" | ")[3] != "not run"  # the same k = 1 cell
+    assert "[3 seeds]" in one and "86.76 (19)" in one  # with the paper's number beside it
+    two = next(line for line in table if line.startswith("| 2 | 5 |"))
+    assert two.count("not run") == 2
+
+
+def test_since_is_the_first_step_from_which_the_claim_holds(tmp_path):
+    rng = np.random.default_rng(2)
+    points = []
+    for step, gap in ((10, -3.0), (20, 2.0), (30, 2.0)):  # IWAE behind, then ahead
+        for p in _study(rng, step=step):
+            if p["objective"] == "iwae":
+                p["test_ll_per_image"] = [v + gap for v in p["test_ll_per_image"]]
+            points.append(p)
+    rows = [dict(p) for p in points]
+    log_p = {(p["run"], p["step"], "is"): p["test_ll_per_image"] for p in points}
+    assert miniature.since(rows, log_p, miniature.CLAIMS[0], "1_layer", 30) == 20
+
+
+def test_report_appends_a_block_and_replaces_a_run_measured_again(tmp_path):
+    out = tmp_path / "out"
+    points = _study(np.random.default_rng(3))
+    merge_study(out, points[:6])
+    merge_study(out, points[3:])  # rows 3-5 again, then the rest
+    rows, log_p = read_study(out)
+    assert sorted(r["run"] for r in rows) == sorted(p["run"] for p in points)
+    assert len(log_p) == len(points)
+    first = points[0]
+    row = next(r for r in rows if r["run"] == first["run"])
+    assert row["test_nll"] == pytest.approx(first["test_nll"], abs=1e-4)
+    assert log_p[(first["run"], 100, "is")] == pytest.approx(first["test_ll_per_image"], abs=5e-4)
+    for name in (RUNS_CSV, LOG_P_CSV):
+        assert str(tmp_path) not in (out / name).read_text()
+
+
+def test_page_blocks_are_replaced_and_a_missing_block_is_one_line(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("intro\n" + page_block("table1", "old") + "\nend\n")
+    write_page_blocks(page, {"table1": "| new |"})
+    assert page.read_text() == "intro\n" + page_block("table1", "| new |") + "\nend\n"
+    with pytest.raises(UserError, match="claims"):
+        write_page_blocks(page, {"claims": "x"})
+
+
+def test_snapshot_measures_agree_with_mode_eval_and_name_the_training_commit(tmp_path):
     """The study's per-digit estimate and `python train.py mode=eval` are two routes to the
     same k-sample test NLL (same model, digits, k and seed): they must agree."""
-    run = tmp_path / "run"
+    study = tmp_path / "study"
+    run = study / "one_layer" / "seed0"
     common = ["logger=none", "data.split=[200,50,50]", "trainer.enable_progress_bar=false"]
     train = [
         sys.executable, "train.py", "callbacks=snapshots", "callbacks.snapshots.every_n_epochs=1",
@@ -60,26 +141,42 @@ def test_snapshot_nll_agrees_with_mode_eval(tmp_path):
     ]  # fmt: skip
     subprocess.run(train, cwd=ROOT, check=True, capture_output=True, timeout=300)
     evaluate_runs([run], k=20, chunk_size=20, train_images=30)
-    points = load_points(run)
+    points = load_points(study)
     assert [p["step"] for p in points] == [10, 20]
     assert all(len(p["test_ll_per_image"]) == 50 for p in points)
+    assert {p["run"] for p in points} == {"one_layer/seed0"}  # relative to the study folder
+    trained = json.loads((run / "metrics.json").read_text())["code/commit"]
+    assert {p["commit"] for p in points} == {trained}
     ckpt = sorted((run / "checkpoints" / "snapshots").glob("*.ckpt"))[-1]
     evaluation = [
         sys.executable, "train.py", "mode=eval", f"ckpt_path={ckpt}", "eval.k=20",
         "eval.chunk_size=20", "threads=1", f"hydra.run.dir={tmp_path / 'eval'}", *common,
     ]  # fmt: skip
     subprocess.run(evaluation, cwd=ROOT, check=True, capture_output=True, timeout=300)
-    metrics = __import__("json").loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert points[-1]["test_nll"] == pytest.approx(metrics["test/nll"], rel=1e-6)
     assert points[-1]["active_units"] == metrics["test/active_units"]
+    report(study, tmp_path / "out")
+    rows, _ = read_study(tmp_path / "out")
+    assert [r["step"] for r in rows] == [10, 20] and (
+        tmp_path / "out" / "nll_vs_steps.png"
+    ).is_file()
 
 
-def test_readme_rows_are_the_csv():
-    """The study table of docs/reproduction.md is the one the committed CSV gives, row for row."""
-    rows = read_csv(DOCS / CSV_NAME)
-    table = last_point_table(rows)
-    readme = (ROOT / "docs" / "reproduction.md").read_text()
-    body = [line for line in table.splitlines() if re.match(r"\| \w", line)]
-    assert len(body) >= 3, "the CSV gives no configurations"
-    for line in table.splitlines():
-        assert line in readme, f"docs/reproduction.md lacks the CSV's row: {line}"
+def test_the_docs_tables_are_the_committed_csvs():
+    """Every generated table of docs/reproduction.md is what the committed CSVs give."""
+    rows, log_p = read_study(DOCS)
+    assert rows, "docs/reproduction/runs.csv holds no study"
+    page = PAGE.read_text()
+    for name, body in miniature.blocks(rows, log_p).items():
+        assert page_block(name, body) in page, f"docs/reproduction.md: the {name} table is stale"
+
+
+def test_every_committed_point_has_its_per_digit_values_and_commit():
+    rows, log_p = read_study(DOCS)
+    for r in rows:
+        assert len(log_p[(r["run"], r["step"], "is")]) == 500, r["run"]
+        assert r["commit"] and len(r["commit"]) >= 7, r["run"]
+        assert not r["run"].startswith("/"), r["run"]
+        ll = log_p[(r["run"], r["step"], "is")]
+        assert -np.mean(ll) == pytest.approx(r["test_nll"], abs=1e-3)

@@ -22,7 +22,7 @@ from iwae.fused.members import Member
 from iwae.launch.assembly import build
 from iwae.training.checkpointing import write_bytes_atomic
 from iwae.training.loggers import finish_wandb, log_run_media, run_config
-from iwae.training.outputs import format_results, save_sample_grid, write_json_atomic
+from iwae.training.outputs import code_commit, format_results, save_sample_grid, write_json_atomic
 
 
 def train_group(
@@ -53,6 +53,7 @@ def run_summary(group: FusedGroup, m: int) -> dict[str, Any]:
         "data": dm.name,
         "binarization": dm.binarization,
         "seed": member.cfg.seed,
+        "code/commit": code_commit(),
         "train/steps": group.global_step,
         "train/epochs": group.epoch,
         "train/seconds": round(group.seconds, 2),

@@ -35,6 +35,7 @@ from iwae.training.checkpointing import (
 )
 from iwae.training.loggers import run_config
 from iwae.training.module import IWAEModule
+from iwae.training.outputs import code_commit
 from iwae.training.resume import use_epoch_exact_fit_loop
 
 
@@ -158,6 +159,7 @@ def run_summary(objective: Any, datamodule: Any, seed: Any, model_choice: str | 
         "data": datamodule.name,
         "binarization": datamodule.binarization,
         "seed": seed,
+        "code/commit": code_commit(),
     }
 
 

@@ -1,25 +1,28 @@
-"""The reproduction study: when, and by how much, the IWAE overtakes the VAE along training.
+"""The reproduction study: Table 1 in miniature, every cell measured along training.
 
 Runs trained with ``callbacks=snapshots`` (``experiment=reproduction_digits``) keep a
 checkpoint every few epochs. This module measures each one the same way and turns the
-measurements into ``docs/reproduction/``:
+measurements into ``docs/reproduction/`` and the tables of ``docs/reproduction.md``:
 
 - ``evaluate``: for every snapshot, test NLL with k = 5000 on the run's fixed test digits
-  (per image, so that runs can be paired digit by digit), the k-sample NLL of a fixed
-  binarization of the first ``--train-images`` training digits (is a gap optimisation or
-  overfitting?), and active units per layer. Cached beside the checkpoint as ``.eval.json``.
-- ``report``: a CSV with one row per run and snapshot, the paired difference IWAE - VAE at
-  each point (same seed, same digits), two figures and a markdown table of the last point.
+  (per digit, so that runs can be paired digit by digit; a ``mode=eval eval.per_image=true``
+  of the snapshot is read instead of recomputed, with its AIS values), the k-sample NLL of a
+  fixed binarization of the first ``--train-images`` training digits (is a gap optimisation or
+  overfitting?), and active units per layer. Cached beside the checkpoint as ``.eval.json``,
+  with the commit that trained the run.
+- ``report``: appends a study folder's snapshots to ``runs.csv`` and ``test_log_p.csv`` (rows
+  of the runs given are replaced, the others kept), then writes the figures and, with
+  ``--page``, the generated tables of the page (`iwae.reports.miniature`) from the CSVs alone.
 
-    python -m iwae.reports.reproduction evaluate multirun/reproduction/k5/*
-    python -m iwae.reports.reproduction report multirun/reproduction --out docs/reproduction
+    python -m iwae.reports.reproduction evaluate study/one_layer/k5/iwae/seed0
+    python -m iwae.reports.reproduction report study --out docs/reproduction \\
+        --page docs/reproduction.md
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import math
 import statistics
 from collections import defaultdict
@@ -32,15 +35,17 @@ import torch
 from datamodules.base import binarize_once
 from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import active_units, evaluate_nll
+from iwae.reports import miniature
 from iwae.reports.files import read_json, regular_file_inside
-from iwae.training.outputs import save_figure, write_json_atomic, write_text_atomic
-
-CSV_NAME, TABLE_NAME = "runs.csv", "table.md"
-FIELDS = [
-    "data", "model", "objective", "k", "seed", "epoch", "step",
-    "test_nll", "test_nll_stderr", "train_nll", "train_nll_stderr",
-    "active_units", "active_units_per_layer", "eval_k", "run",
-]  # fmt: skip
+from iwae.reports.study_files import (
+    LOG_P_CSV,
+    RUNS_CSV,
+    LogP,
+    merge_study,
+    read_study,
+    write_page_blocks,
+)
+from iwae.training.outputs import save_figure, write_json_atomic
 
 
 def snapshots(run_dir: Path, root: Path | None = None) -> list[Path]:
@@ -105,7 +110,8 @@ def per_image_csv(ckpt: Path, k: int, seed: int) -> tuple[torch.Tensor, torch.Te
             continue
         if Path(str(metrics.get("eval/ckpt_path"))).resolve() != ckpt.resolve():
             continue
-        rows = read_csv(table)
+        with table.open(newline="") as f:
+            rows = list(csv.DictReader(f))
         is_ll = torch.tensor([float(r["log_p_is"]) for r in rows], dtype=torch.float64)
         ais = [float(r["log_p_ais"]) for r in rows if r.get("log_p_ais")]
         return is_ll, torch.tensor(ais, dtype=torch.float64) if ais else None
@@ -119,184 +125,111 @@ def _per_image_ll(model, x, k: int, chunk_size: int, seed: int) -> torch.Tensor:
     return log_likelihood(model.eval(), x, k, chunk_size, g).cpu()
 
 
-def evaluate_runs(run_dirs: Iterable[Path], **kw: Any) -> None:
+def evaluate_runs(run_dirs: Iterable[Path], commit: str | None = None, **kw: Any) -> None:
+    """Measure every snapshot not yet measured. The commit that trained a run is its
+    ``metrics.json``'s ``code/commit``, or ``commit`` for runs trained before that key existed;
+    it is also filled into measurements cached without one."""
     for run_dir in run_dirs:
+        trained = trained_by(run_dir) or commit
         for ckpt in snapshots(run_dir):
             out = ckpt.with_suffix(".eval.json")
             if not out.is_file():
-                write_json_atomic(out, {**evaluate_snapshot(ckpt, **kw), "run": str(run_dir)})
+                write_json_atomic(out, {**evaluate_snapshot(ckpt, **kw), "commit": trained})
                 print(f"evaluated {ckpt}", flush=True)
+            elif trained and not (cached := read_json(out)).get("commit"):
+                write_json_atomic(out, {**cached, "commit": trained})
+
+
+def trained_by(run_dir: Path) -> str | None:
+    """The ``code/commit`` of a training run's ``metrics.json``, if it has one."""
+    metrics = run_dir / "metrics.json"
+    return read_json(metrics).get("code/commit") if regular_file_inside(metrics, run_dir) else None
 
 
 def load_points(root: Path) -> list[dict[str, Any]]:
-    """Every evaluated snapshot below ``root``, sorted by configuration, seed and step."""
+    """Every evaluated snapshot below ``root``, its ``run`` named relative to ``root``
+    (``one_layer/k5/iwae/seed0``: no machine path goes into the committed files)."""
     found = [p for p in root.rglob("*.eval.json") if regular_file_inside(p, root)]
-    points = [read_json(p) for p in found]
+    points = []
+    for path in found:
+        point = read_json(path)
+        point["run"] = path.parents[2].relative_to(root).as_posix() or "."
+        points.append(point)
     return sorted(points, key=lambda p: (p["model"], p["k"], p["objective"], p["seed"], p["step"]))
 
 
-def paired_differences(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """IWAE - VAE test NLL at each (model, k, step), paired by seed and by test digit.
-
-    ``diff``: mean over seeds of the per-seed mean difference. ``se_digits``: standard error
-    over digits of the seed-averaged per-digit difference (data and Monte Carlo noise);
-    ``se_seeds``: standard error over seeds of the per-seed differences (training noise; NaN
-    with one seed). The larger of the two is the honest error bar.
-    """
-    rows = _paired(points, "test_ll_per_image")
-    ais = {
-        tuple(r[k] for k in ("data", "model", "k", "step")): r
-        for r in _paired(points, "test_ll_ais_per_image")
-    }
-    for r in rows:  # the same pairing on AIS estimates, where both runs have them
-        twin = ais.get((r["data"], r["model"], r["k"], r["step"]))
-        if twin is not None:
-            r.update(
-                {
-                    "diff_ais": twin["diff"],
-                    "se_digits_ais": twin["se_digits"],
-                    "digits_ais": twin["digits"],
-                }
-            )
-    return rows
+def report(root: Path | None, out: Path, page: Path | None = None) -> None:
+    """Append the snapshots below ``root`` to ``out``'s CSVs (a run's old rows are replaced),
+    then write the figures and, with ``page``, its generated tables from the CSVs alone."""
+    if root is not None:
+        points = load_points(root)
+        if not points:
+            raise UserError(f"no evaluated snapshots (*.eval.json) below {root}; run evaluate")
+        merge_study(out, points)
+    rows, log_p = read_study(out)
+    if not rows:
+        raise UserError(f"{out / RUNS_CSV} holds no study; give the study folder to add")
+    if page is not None:
+        write_page_blocks(page, miniature.blocks(rows, log_p))
+    _figures(rows, log_p, out)
+    print(f"wrote {out}/{{{RUNS_CSV},{LOG_P_CSV},*.png}}" + (f" and {page}" if page else ""))
 
 
-def _paired(points: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
-    """`paired_differences` of the per-digit values ``field`` (the first digits common to
-    both runs: AIS may cover only the first ``eval.ais.images``)."""
-    by_key: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
-    for p in points:
-        if field in p:
-            key = (p["data"], p["model"], p["k"], p["step"])
-            by_key[key][p["objective"]][p["seed"]] = p[field]
-    rows = []
-    for (data, model, k, step), runs in sorted(by_key.items()):
-        seeds = sorted(set(runs.get("vae", {})) & set(runs.get("iwae", {})))
-        if not seeds:
-            continue
-        # NLL difference per digit = -(ll_iwae - ll_vae)
-        n = min(len(runs[o][s]) for o in ("vae", "iwae") for s in seeds)
-        per_seed = [
-            torch.tensor(runs["vae"][s][:n], dtype=torch.float64)
-            - torch.tensor(runs["iwae"][s][:n], dtype=torch.float64)
-            for s in seeds
-        ]
-        per_digit = torch.stack(per_seed).mean(0)
-        seed_means = [d.mean().item() for d in per_seed]
-        se_seeds = (
-            statistics.stdev(seed_means) / math.sqrt(len(seeds)) if len(seeds) > 1 else math.nan
-        )
-        rows.append(
-            {
-                "data": data,
-                "model": model,
-                "k": k,
-                "step": step,
-                "seeds": len(seeds),
-                "diff": per_digit.mean().item(),
-                "se_digits": per_digit.std().item() / math.sqrt(len(per_digit)),
-                "se_seeds": se_seeds,
-                "digits": n,
-            }
-        )
-    return rows
-
-
-def write_csv(points: list[dict[str, Any]], path: Path) -> None:
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for p in points:
-        writer.writerow({k: _rounded(p.get(k)) for k in FIELDS})
-    write_text_atomic(path, text.getvalue())  # a link at path is replaced, not followed
-
-
-def _rounded(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) else value
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def last_point_table(rows: list[dict[str, str]]) -> str:
-    """Markdown: each configuration at its last snapshot, mean ± standard error over seeds
-    (from the CSV alone, so that a test can check docs/reproduction.md against it)."""
-    groups: dict[tuple, list[dict[str, str]]] = defaultdict(list)
-    last: dict[tuple, int] = {}
-    for r in rows:
-        key = (r["data"], r["model"], int(r["k"]), r["objective"])
-        last[key] = max(last.get(key, 0), int(r["step"]))
-        groups[key].append(r)
-    lines = [
-        "| data | model | k | objective | steps | seeds | test NLL | train NLL | active units |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for key in sorted(groups, key=lambda t: (t[0], t[1], t[2], t[3] != "vae")):
-        final = [r for r in groups[key] if int(r["step"]) == last[key]]
-        cells = [_mean_se([float(r[c]) for r in final]) for c in ("test_nll", "train_nll")]
-        units = _mean_se([float(r["active_units"]) for r in final], digits=1)
-        data, model, k, objective = key
-        lines.append(
-            f"| {data} | {model} | {k} | {objective} | {last[key]} | {len(final)} "
-            f"| {cells[0]} | {cells[1]} | {units} |"
-        )
-    return "\n".join(lines)
-
-
-def _mean_se(values: list[float], digits: int = 2) -> str:
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) / math.sqrt(len(values)):.{digits}f}"
-
-
-def report(root: Path, out: Path) -> None:
-    """Write the CSV, the paired differences, the figures and the last-point table."""
-    points = load_points(root)
-    if not points:
-        raise UserError(f"no evaluated snapshots (*.eval.json) below {root}")
-    write_csv(points, out / CSV_NAME)
-    diffs = paired_differences(points)
-    text = io.StringIO(newline="")
-    fields = list(dict.fromkeys(key for row in diffs for key in row)) or ["diff"]
-    writer = csv.DictWriter(text, fields)  # AIS columns only where some row has them
-    writer.writeheader()
-    writer.writerows({k: _rounded(v) for k, v in d.items()} for d in diffs)
-    write_text_atomic(out / "differences.csv", text.getvalue())
-    write_text_atomic(out / TABLE_NAME, last_point_table(read_csv(out / CSV_NAME)) + "\n")
-    _figures(points, diffs, out)
-    print(f"wrote {out}/{{{CSV_NAME},differences.csv,{TABLE_NAME},*.png}}")
-
-
-def _figures(points: list[dict[str, Any]], diffs: list[dict[str, Any]], out: Path) -> None:
+def _figures(rows: list[dict[str, Any]], log_p: LogP, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_model = miniature.models(rows)
+    fig, axes = plt.subplots(1, len(by_model), figsize=(6 * len(by_model), 4), squeeze=False)
+    colours = {1: "tab:grey", 5: "tab:blue", 50: "tab:red"}
+    for ax, model in zip(axes[0], by_model):
+        cells = _grouped([r for r in rows if r["model"] == model], ("k", "objective"))
+        for (k, objective), runs in cells.items():
+            by_step = _grouped(runs, ("step",))
+            steps = [s for (s,) in by_step]
+            nll = [[r["test_nll"] for r in by_step[(s,)]] for s in steps]
+            err = [statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0 for v in nll]
+            label = f"k={k}" if k == 1 else f"{objective.upper()}-{k}"
+            ax.errorbar(steps, [statistics.fmean(v) for v in nll], yerr=err, marker="o",
+                        capsize=3, color=colours.get(k), label=label,
+                        linestyle="-" if objective == "iwae" or k == 1 else "--")  # fmt: skip
+        ax.set(xlabel="training steps", ylabel="test NLL, k = 5000 (nats)",
+               title=f"{model.replace('_', ' ')}: mean ± SE over seeds")  # fmt: skip
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out / "nll_vs_steps.png")
+    plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (data, model, k), rows in _grouped(diffs, ("data", "model", "k")).items():
-        err = [2 * max(r["se_digits"], 0 if math.isnan(r["se_seeds"]) else r["se_seeds"])
-               for r in rows]  # fmt: skip
-        ax.errorbar([r["step"] for r in rows], [r["diff"] for r in rows], yerr=err,
-                    marker="o", capsize=3, label=f"{data}, {model}, k={k}")  # fmt: skip
+    for model in by_model:
+        for claim in miniature.CLAIMS[:2]:  # IWAE-k - VAE-k
+            cells = claim.cells(model)
+            points = [(s, miniature.combine(rows, log_p, cells, s))
+                      for s in miniature.steps_of(rows, model)]  # fmt: skip
+            points = [(s, p) for s, p in points if p is not None]
+            if points:
+                ax.errorbar([s for s, _ in points], [p.diff for _, p in points],
+                            yerr=[2 * p.se for _, p in points], marker="o", capsize=3,
+                            label=f"{model.replace('_', ' ')}, {claim.name}")  # fmt: skip
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="training steps", ylabel="test NLL: IWAE − VAE (nats)",
-           title="IWAE − VAE (below 0: IWAE better); bars: 2 SE")  # fmt: skip
-    ax.legend(fontsize=8)
+    ax.set(xlabel="training steps", ylabel="test NLL difference (nats)",
+           title="IWAE − VAE, paired (below 0: IWAE better); bars: 2 SE")  # fmt: skip
+    if ax.get_legend_handles_labels()[0]:  # no pair measured yet: no legend
+        ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "iwae_minus_vae.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (model, k, objective), rows in _grouped(points, ("model", "k", "objective")).items():
-        by_step = _grouped(rows, ("step",))
-        steps = sorted(s for (s,) in by_step)
+    for (model, k, objective), runs in _grouped(rows, ("model", "k", "objective")).items():
+        by_step = _grouped(runs, ("step",))
+        steps = [s for (s,) in by_step]
         means = [statistics.fmean(r["active_units"] for r in by_step[(s,)]) for s in steps]
         style = "-" if objective == "iwae" else "--"
-        ax.plot(steps, means, style, marker="o", label=f"{objective} k={k} ({model})")
+        ax.plot(steps, means, style, marker="o", color=colours.get(k),
+                label=f"{objective} k={k} ({model})")  # fmt: skip
     ax.set(xlabel="training steps", ylabel="active units (mean over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -323,17 +256,23 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--chunk-size", type=int, default=500)
     ev.add_argument("--train-images", type=int, default=500)
     ev.add_argument("--threads", type=int, default=1, help="torch threads (parallel evaluations)")
-    rep = sub.add_parser("report", help="CSV, differences, figures and table of a study")
-    rep.add_argument("root", type=Path)
+    ev.add_argument("--commit", help="the commit that trained runs whose metrics.json lacks one")
+    rep = sub.add_parser("report", help="append a study to the CSVs; figures and page tables")
+    rep.add_argument("root", type=Path, nargs="?", help="study folder to add (none: CSVs only)")
     rep.add_argument("--out", type=Path, default=Path("docs/reproduction"))
+    rep.add_argument("--page", type=Path, help="markdown page whose report blocks to rewrite")
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         torch.set_num_threads(args.threads)
         evaluate_runs(
-            args.runs, k=args.k, chunk_size=args.chunk_size, train_images=args.train_images
+            args.runs,
+            commit=args.commit,
+            k=args.k,
+            chunk_size=args.chunk_size,
+            train_images=args.train_images,
         )
     else:
-        report(args.root, args.out)
+        report(args.root, args.out, args.page)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
 import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
 
 from iwae.training.checkpointing import write_bytes_atomic
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def code_commit() -> str | None:
+    """The git commit of the code that is running (``+dirty`` if tracked files differ from it),
+    written into every ``metrics.json`` as ``code/commit`` so that a result names the code that
+    made it; None when the project is not a git checkout of its own (an installed wheel)."""
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(PROJECT_ROOT), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != PROJECT_ROOT:
+            return None  # the package sits inside some other repository
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
