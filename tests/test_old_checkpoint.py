@@ -39,7 +39,9 @@ TOL = 1e-6
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """The fixture copied into a fresh directory: the stored data path ``tiny.npz`` is relative."""
+    """The fixture copied into a fresh directory. The checkpoint stores the absolute path its
+    data had where it was made (``/tmp/oldckpt/tiny.npz``), absent on another machine, so the
+    tests that only read the checkpoint name the copy with ``eval.data_path``."""
     shutil.copy(FIXTURE / "tiny.npz", tmp_path / "tiny.npz")
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     shutil.copy(FIXTURE / "last.ckpt", tmp_path / "run" / "checkpoints" / "last.ckpt")
@@ -48,7 +50,8 @@ def workdir(tmp_path: Path) -> Path:
 
 def test_old_checkpoint_evaluates_as_before(workdir: Path) -> None:
     ckpt = workdir / "run" / "checkpoints" / "last.ckpt"
-    run_train(["mode=eval", f"ckpt_path={ckpt}", "eval.k=50"], cwd=workdir, run_dir=workdir / "ev")
+    args = ["mode=eval", f"ckpt_path={ckpt}", "eval.k=50", f"eval.data_path={workdir / 'tiny.npz'}"]
+    run_train(args, cwd=workdir, run_dir=workdir / "ev")
     nll = read_metrics(workdir / "ev")["test/nll"]
     assert nll == pytest.approx(EXPECTED["eval"]["test/nll"], abs=TOL)
 
@@ -72,7 +75,9 @@ def test_old_checkpoint_initialises_a_fine_tune_as_before(workdir: Path) -> None
 
 def test_report_loader_rebuilds_the_old_checkpoint(workdir: Path, monkeypatch) -> None:
     monkeypatch.chdir(workdir)
-    loaded = load_run(workdir / "run" / "checkpoints" / "last.ckpt")
+    loaded = load_run(
+        workdir / "run" / "checkpoints" / "last.ckpt", data_path=str(workdir / "tiny.npz")
+    )
     stored = torch.load(FIXTURE / "last.ckpt", weights_only=True)["state_dict"]
     weights = loaded.model.state_dict()
     assert set(weights) == {key.removeprefix("model.") for key in stored}
