@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 
 from iwae.errors import UserError
-from iwae.reports import miniature
-from iwae.reports.reproduction import evaluate_runs, load_points, report
+from iwae.reports import miniature, miniature_table2
+from iwae.reports.reproduction import evaluate_runs, load_points, page_blocks, report
 from iwae.reports.study_files import (
     LOG_P_CSV,
     RUNS_CSV,
+    TABLE2_CSV,
     merge_study,
     page_block,
     read_study,
+    read_table2,
     write_page_blocks,
 )
 from tests.helpers import ROOT
@@ -165,18 +167,100 @@ def test_snapshot_measures_agree_with_mode_eval_and_name_the_training_commit(tmp
 
 def test_the_docs_tables_are_the_committed_csvs():
     """Every generated table of docs/reproduction.md is what the committed CSVs give."""
-    rows, log_p = read_study(DOCS)
+    rows, _ = read_study(DOCS)
     assert rows, "docs/reproduction/runs.csv holds no study"
     page = PAGE.read_text()
-    for name, body in miniature.blocks(rows, log_p).items():
+    for name, body in page_blocks(DOCS).items():
         assert page_block(name, body) in page, f"docs/reproduction.md: the {name} table is stale"
 
 
 def test_every_committed_point_has_its_per_digit_values_and_commit():
     rows, log_p = read_study(DOCS)
-    for r in rows:
+    table2 = read_table2(DOCS)
+    study = {(r["run"], r["step"]) for r in rows}
+    for r in table2:  # every fine-tuning run starts from a committed point
+        assert (r["before_run"], r["before_step"]) in study, r["run"]
+    for r in rows + table2:
         assert len(log_p[(r["run"], r["step"], "is")]) == 500, r["run"]
         assert r["commit"] and len(r["commit"]) >= 7, r["run"]
         assert not r["run"].startswith("/"), r["run"]
         ll = log_p[(r["run"], r["step"], "is")]
         assert -np.mean(ll) == pytest.approx(r["test_nll"], abs=1e-3)
+
+
+def _table2_study(rng, digits=40):
+    """Before models (k = 1 VAE, IWAE-50) and their four continuations, log p per digit."""
+    before = [
+        _point("1_layer", k, o, seed, rng.normal(-100, 5, size=digits), step=100)
+        for k, o in ((1, "vae"), (50, "iwae"))
+        for seed in range(3)
+    ]  # fmt: skip
+    shift = {
+        ("vae", "iwae"): 2.0,
+        ("vae", "vae"): 0.5,
+        ("iwae", "vae"): -1.5,
+        ("iwae", "iwae"): 0.2,
+    }
+    after = []
+    for b in before:
+        for (first, second), s in shift.items():
+            if b["objective"] != first:
+                continue
+            k = 50 if second == "iwae" else 1
+            for step, gain in ((20, s / 2), (40, s)):  # the table uses the last step, 40
+                ll = np.array(b["test_ll_per_image"]) + gain + rng.normal(0, 0.3, size=digits)
+                p = _point("1_layer", k, second, b["seed"], ll, step=step)
+                p.update(run=f"table2/{first}_to_{second}/seed{b['seed']}",
+                         before_run=b["run"], before_step=b["step"])  # fmt: skip
+                after.append(p)
+    return before, after
+
+
+def test_table2_differences_match_a_direct_computation(tmp_path):
+    before, after = _table2_study(np.random.default_rng(4))
+    merge_study(tmp_path, before + after)
+    rows, log_p = read_study(tmp_path)
+    table2 = read_table2(tmp_path)
+    assert {r["run"] for r in rows} == {p["run"] for p in before}  # Table 1 rows only
+    assert len(table2) == len(after) and str(tmp_path) not in (tmp_path / TABLE2_CSV).read_text()
+    found = miniature_table2.pairs(rows, table2)
+    ll = {(p["run"], p["step"]): np.array(p["test_ll_per_image"]) for p in before + after}
+    seeds = found[(("vae", 1), ("iwae", 50))]
+    got = miniature_table2.after_minus_before(seeds, log_p)
+    nll = np.stack([
+        -ll[f"table2/vae_to_iwae/seed{s}", 40] + ll[f"1_layer/k1/vae/seed{s}", 100]
+        for s in range(3)
+    ])  # fmt: skip
+    assert got.diff == pytest.approx(nll.mean(), abs=1e-3) and got.seeds == 3
+    assert got.se_seeds == pytest.approx(nll.mean(1).std(ddof=1) / math.sqrt(3), abs=1e-3)
+    control = found[(("vae", 1), ("vae", 1))]
+    vs = miniature_table2.switch_minus_control(seeds, control, log_p)
+    direct = np.mean([
+        (-ll[f"table2/vae_to_iwae/seed{s}", 40] + ll[f"table2/vae_to_vae/seed{s}", 40]).mean()
+        for s in range(3)
+    ])  # fmt: skip
+    assert vs.diff == pytest.approx(direct, abs=1e-3) and vs.diff == pytest.approx(-1.5, abs=0.3)
+    claims = miniature_table2.claims_table(rows, table2, log_p)
+    assert claims.count("| shown |") == 4  # both switches and both switch - control
+    assert "86.76 (19) → 84.88 (22)" in miniature_table2.table2(rows, table2, log_p)
+    only_switches = [r for r in table2 if "_to_vae/" not in r["run"] or "iwae_to" in r["run"]]
+    partial = miniature_table2.table2(rows, only_switches, log_p)
+    assert next(x for x in partial.splitlines() if "VAE (k = 1) → VAE" in x).count("not run")
+
+
+def test_a_finetuning_run_names_its_before_model_inside_the_study(tmp_path):
+    study = tmp_path / "study"
+    snaps = study / "one_layer" / "k1" / "vae" / "seed0" / "checkpoints" / "snapshots"
+    snaps.mkdir(parents=True)
+    before = _point("1_layer", 1, "vae", 0, [-100.0] * 4, step=120)
+    (snaps / "last.eval.json").write_text(json.dumps(before))
+    after_dir = study / "table2" / "vae_to_iwae" / "seed0" / "checkpoints" / "snapshots"
+    after_dir.mkdir(parents=True)
+    after = _point("1_layer", 50, "iwae", 0, [-99.0] * 4, step=40)
+    after["init_from"] = str(snaps / "last.ckpt")
+    (after_dir / "a.eval.json").write_text(json.dumps(after))
+    points = {p["run"]: p for p in load_points(study)}
+    moved = points["table2/vae_to_iwae/seed0"]
+    assert (moved["before_run"], moved["before_step"]) == ("one_layer/k1/vae/seed0", 120)
+    with pytest.raises(UserError, match="init_from"):
+        load_points(study / "table2")  # its "before" model lies outside this study

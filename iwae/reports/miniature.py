@@ -68,7 +68,7 @@ class Paired:
 
     def text(self) -> str:
         seeds = "" if math.isnan(self.se_seeds) else f", {self.se_seeds:.2f}"
-        return f"{_signed(self.diff)} ({self.se_digits:.2f}{seeds})"
+        return f"{signed(self.diff)} ({self.se_digits:.2f}{seeds})"
 
 
 def combine(
@@ -88,18 +88,24 @@ def combine(
     seeds = sorted(set.intersection(*(set(runs.get(c, {})) for c, _ in terms)))
     if not seeds:
         return None
-    n = min(len(runs[c][s]) for c, _ in terms for s in seeds)
-    per_seed = [
-        [sum(-w * runs[c][s][i] for c, w in terms) for i in range(n)] for s in seeds
+    return paired([[(runs[c][s], w) for c, w in terms] for s in seeds])
+
+
+def paired(per_seed: list[list[tuple[list[float], int]]]) -> Paired:
+    """sum_j w_j * NLL_j for each seed's terms (per-digit log p, coefficient), paired by digit
+    within a seed, then averaged over seeds (see the module docstring)."""
+    n = min(len(values) for terms in per_seed for values, _ in terms)
+    nll = [
+        [sum(-w * values[i] for values, w in terms) for i in range(n)] for terms in per_seed
     ]  # NLL = -log p
-    per_digit = [statistics.fmean(col) for col in zip(*per_seed)]
-    means = [statistics.fmean(values) for values in per_seed]
-    se_seeds = statistics.stdev(means) / math.sqrt(len(seeds)) if len(seeds) > 1 else math.nan
+    per_digit = [statistics.fmean(col) for col in zip(*nll)]
+    means = [statistics.fmean(values) for values in nll]
+    seeds = len(per_seed)
     return Paired(
         diff=statistics.fmean(per_digit),
         se_digits=statistics.stdev(per_digit) / math.sqrt(n) if n > 1 else math.nan,
-        se_seeds=se_seeds,
-        seeds=len(seeds),
+        se_seeds=statistics.stdev(means) / math.sqrt(seeds) if seeds > 1 else math.nan,
+        seeds=seeds,
         digits=n,
     )
 
@@ -188,7 +194,7 @@ def claims_table(rows: list[dict[str, Any]], log_p: LogP) -> str:
         for claim in CLAIMS:
             paired = combine(rows, log_p, claim.cells(model), budget)
             paper = claim.paper(model)
-            paper_text = "" if paper is None else _signed(paper)
+            paper_text = "" if paper is None else signed(paper)
             if paired is None:
                 row = ["not run", "", "", "", ""]
             else:
@@ -214,7 +220,7 @@ def claims_table(rows: list[dict[str, Any]], log_p: LogP) -> str:
                 row = ["not run", "", "", "", ""]
             else:
                 se = "" if math.isnan(paired.se_seeds) else f" ± {paired.se_seeds:.1f}"
-                row = [f"{_signed(paired.diff, 1)}{se}", "", str(paired.seeds),
+                row = [f"{signed(paired.diff, 1)}{se}", "", str(paired.seeds),
                        paired.verdict(1), ""]  # fmt: skip
             lines.append(
                 f"| {LAYERS.get(model, model)} | {name} (the IWAE keeps more units) | "
@@ -237,7 +243,7 @@ def statements(rows: list[dict[str, Any]], log_p: LogP) -> str:
             when = f", from {first:,} steps on" if first is not None else ""
             lines.append(
                 f"- {LAYERS.get(model, model)} layer(s), {claim.name}: **{verdict}** "
-                f"({claim.meaning}): {_signed(paired.diff)} ± {paired.se:.2f} nats after "
+                f"({claim.meaning}): {signed(paired.diff)} ± {paired.se:.2f} nats after "
                 f"{budget:,} steps, {paired.seeds} seed(s){when}."
             )
     return "\n".join(lines)
@@ -300,14 +306,14 @@ def points_table(rows: list[dict[str, Any]]) -> str:
         commits = sorted({(r.get("commit") or "unknown")[:7] for r in runs})
         lines.append(
             f"| {LAYERS.get(model, model)} | {k} | {objective if k > 1 else 'either'} | "
-            f"{step:,} | {len(runs)} | {_mean_se([r['test_nll'] for r in runs])} | "
-            f"{_mean_se([r['train_nll'] for r in runs])} | {_mean_se(ais)} | "
-            f"{_mean_se([r['active_units'] for r in runs], 1)} | {', '.join(commits)} |"
+            f"{step:,} | {len(runs)} | {mean_se([r['test_nll'] for r in runs])} | "
+            f"{mean_se([r['train_nll'] for r in runs])} | {mean_se(ais)} | "
+            f"{mean_se([r['active_units'] for r in runs], 1)} | {', '.join(commits)} |"
         )
     return "\n".join(lines)
 
 
-def _mean_se(values: list[float], digits: int = 2) -> str:
+def mean_se(values: list[float], digits: int = 2) -> str:
     if not values:
         return ""
     mean = statistics.fmean(values)
@@ -316,7 +322,7 @@ def _mean_se(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values) / math.sqrt(len(values)):.{digits}f}"
 
 
-def _signed(value: float, digits: int = 2) -> str:
+def signed(value: float, digits: int = 2) -> str:
     return f"{value:+.{digits}f}".replace("-", "−")
 
 

@@ -10,9 +10,11 @@ measurements into ``docs/reproduction/`` and the tables of ``docs/reproduction.m
   fixed binarization of the first ``--train-images`` training digits (is a gap optimisation or
   overfitting?), and active units per layer. Cached beside the checkpoint as ``.eval.json``,
   with the commit that trained the run.
-- ``report``: appends a study folder's snapshots to ``runs.csv`` and ``test_log_p.csv`` (rows
-  of the runs given are replaced, the others kept), then writes the figures and, with
-  ``--page``, the generated tables of the page (`iwae.reports.miniature`) from the CSVs alone.
+- ``report``: appends a study folder's snapshots to ``runs.csv`` (``table2_runs.csv`` for the
+  fine-tuning runs of Table 2, ``experiment=table2_digits``) and ``test_log_p.csv`` (rows of the
+  runs given are replaced, the others kept), then writes the figures and, with ``--page``, the
+  generated tables of the page (`iwae.reports.miniature`, `iwae.reports.miniature_table2`) from
+  the CSVs alone.
 
     python -m iwae.reports.reproduction evaluate study/one_layer/k5/iwae/seed0
     python -m iwae.reports.reproduction report study --out docs/reproduction \\
@@ -35,14 +37,16 @@ import torch
 from datamodules.base import binarize_once
 from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import active_units, evaluate_nll
-from iwae.reports import miniature
+from iwae.reports import miniature, miniature_table2
 from iwae.reports.files import read_json, regular_file_inside
 from iwae.reports.study_files import (
     LOG_P_CSV,
     RUNS_CSV,
+    TABLE2_CSV,
     LogP,
     merge_study,
     read_study,
+    read_table2,
     write_page_blocks,
 )
 from iwae.training.outputs import save_figure, write_json_atomic
@@ -92,6 +96,7 @@ def evaluate_snapshot(
         "active_units": sum(units),
         "active_units_per_layer": "+".join(map(str, units)),
         "eval_k": k,
+        "init_from": cfg.get("init_from"),  # a fine-tuning run of Table 2: its "before" model
     }
 
 
@@ -148,14 +153,29 @@ def trained_by(run_dir: Path) -> str | None:
 
 def load_points(root: Path) -> list[dict[str, Any]]:
     """Every evaluated snapshot below ``root``, its ``run`` named relative to ``root``
-    (``one_layer/k5/iwae/seed0``: no machine path goes into the committed files)."""
+    (``one_layer/k5/iwae/seed0``: no machine path goes into the committed files); a fine-tuning
+    run's ``init_from`` becomes the run and step it started from (``before_run``,
+    ``before_step``), which must lie in the study too."""
     found = [p for p in root.rglob("*.eval.json") if regular_file_inside(p, root)]
     points = []
     for path in found:
         point = read_json(path)
         point["run"] = path.parents[2].relative_to(root).as_posix() or "."
+        if point.get("init_from"):
+            point["before_run"], point["before_step"] = _before(Path(point["init_from"]), root)
         points.append(point)
     return sorted(points, key=lambda p: (p["model"], p["k"], p["objective"], p["seed"], p["step"]))
+
+
+def _before(ckpt: Path, root: Path) -> tuple[str, int]:
+    measured = ckpt.with_suffix(".eval.json")
+    if not regular_file_inside(measured, root):
+        raise UserError(
+            f"{ckpt}, a fine-tuning run's init_from, has no evaluated snapshot in the study "
+            f"{root}; evaluate its run there, or report the study that holds both"
+        )
+    run = ckpt.resolve().parents[2].relative_to(root.resolve()).as_posix()
+    return run, read_json(measured)["step"]
 
 
 def report(root: Path | None, out: Path, page: Path | None = None) -> None:
@@ -170,9 +190,21 @@ def report(root: Path | None, out: Path, page: Path | None = None) -> None:
     if not rows:
         raise UserError(f"{out / RUNS_CSV} holds no study; give the study folder to add")
     if page is not None:
-        write_page_blocks(page, miniature.blocks(rows, log_p))
+        write_page_blocks(page, page_blocks(out))
     _figures(rows, log_p, out)
-    print(f"wrote {out}/{{{RUNS_CSV},{LOG_P_CSV},*.png}}" + (f" and {page}" if page else ""))
+    print(
+        f"wrote {out}/{{{RUNS_CSV},{TABLE2_CSV},{LOG_P_CSV},*.png}}"
+        + (f" and {page}" if page else "")
+    )
+
+
+def page_blocks(out: Path) -> dict[str, str]:
+    """Every generated block of docs/reproduction.md, from ``out``'s CSVs alone."""
+    rows, log_p = read_study(out)
+    return {
+        **miniature.blocks(rows, log_p),
+        **miniature_table2.blocks(rows, read_table2(out), log_p),
+    }
 
 
 def _figures(rows: list[dict[str, Any]], log_p: LogP, out: Path) -> None:

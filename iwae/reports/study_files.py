@@ -2,9 +2,12 @@
 appends to and what every table and figure of ``docs/reproduction.md`` is generated from.
 
 - ``runs.csv``: one row per run and measured point (a snapshot along training).
-- ``test_log_p.csv``: the per-digit test log-likelihoods behind each row (IS with k = 5000 on
-  every test digit; AIS on the first ``ais_images``), one row per run, point and estimator, so
-  that two runs can be paired digit by digit from the committed files alone.
+- ``table2_runs.csv``: the same for the fine-tuning runs of Table 2 in miniature, one row per
+  run and point, each naming the run and step it started from (``before_run``,
+  ``before_step``: a row of ``runs.csv``).
+- ``test_log_p.csv``: the per-digit test log-likelihoods behind every row of both (IS with
+  k = 5000 on every test digit; AIS on the first ``ais_images``), one row per run, point and
+  estimator, so that two runs can be paired digit by digit from the committed files alone.
 
 Run names are paths relative to the study folder (``one_layer/k5/iwae/seed0``): no machine
 path is committed. Rows of a run measured again replace the old ones; other rows are kept, so
@@ -23,21 +26,22 @@ from typing import Any
 from iwae.errors import UserError
 from iwae.training.outputs import write_text_atomic
 
-RUNS_CSV, LOG_P_CSV = "runs.csv", "test_log_p.csv"
+RUNS_CSV, TABLE2_CSV, LOG_P_CSV = "runs.csv", "table2_runs.csv", "test_log_p.csv"
 FIELDS = [
     "model", "k", "objective", "seed", "epoch", "step",
     "test_nll", "test_nll_stderr", "train_nll", "train_nll_stderr",
     "nll_ais", "nll_ais_stderr", "ais_images",
     "active_units", "active_units_per_layer", "eval_k", "data", "commit", "run",
 ]  # fmt: skip
+TABLE2_FIELDS = [*FIELDS[:-1], "before_run", "before_step", "run"]
 ESTIMATORS = {"is": "test_ll_per_image", "ais": "test_ll_ais_per_image"}
 LogP = dict[tuple[str, int, str], list[float]]  # (run, step, estimator) -> log p per digit
 
 
-def point_row(point: dict[str, Any]) -> dict[str, Any]:
-    """The runs.csv row of one evaluated point; the AIS mean and standard error are those of its
+def point_row(point: dict[str, Any], fields: list[str] = FIELDS) -> dict[str, Any]:
+    """The CSV row of one evaluated point; the AIS mean and standard error are those of its
     per-digit AIS values (over the first ``ais_images`` test digits)."""
-    row = {name: point.get(name) for name in FIELDS}
+    row = {name: point.get(name) for name in fields}
     ais = point.get(ESTIMATORS["ais"])
     if ais:
         row["nll_ais"] = -statistics.fmean(ais)
@@ -58,28 +62,34 @@ def read_study(out: Path) -> tuple[list[dict[str, Any]], LogP]:
     """(runs.csv rows with numbers as numbers, per-digit log p) of a study folder; empty if the
     folder has no study yet."""
     rows = [_typed(r) for r in _read_csv(out / RUNS_CSV)]
+    return rows, _read_log_p(out)
+
+
+def read_table2(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``table2_runs.csv``, numbers as numbers; empty if there is none."""
+    return [_typed(r) for r in _read_csv(out / TABLE2_CSV)]
+
+
+def _read_log_p(out: Path) -> LogP:
     log_p: LogP = {}
     for r in _read_csv(out / LOG_P_CSV, plain=False):
         run, step, estimator, *values = r
         log_p[(run, int(step), estimator)] = [float(v) for v in values if v != ""]
-    return rows, log_p
+    return log_p
 
 
 def merge_study(out: Path, points: list[dict[str, Any]]) -> None:
-    """Write the points into ``out``'s CSVs: their runs' old rows are replaced, others kept."""
-    rows, log_p = read_study(out)
+    """Write the points into ``out``'s CSVs, a fine-tuning run's (one with a ``before_run``)
+    into table2_runs.csv: their runs' old rows are replaced, others kept."""
     new_runs = {p["run"] for p in points}
-    rows = [r for r in rows if r["run"] not in new_runs] + [point_row(p) for p in points]
-    log_p = {key: v for key, v in log_p.items() if key[0] not in new_runs}
+    for name, fields, mine in ((RUNS_CSV, FIELDS, False), (TABLE2_CSV, TABLE2_FIELDS, True)):
+        new = [point_row(p, fields) for p in points if bool(p.get("before_run")) == mine]
+        old = [r for r in _read_csv(out / name) if r["run"] not in new_runs]
+        if new or old:
+            _write_rows(out / name, fields, [_typed(r) for r in old] + new)
+    log_p = {key: v for key, v in _read_log_p(out).items() if key[0] not in new_runs}
     for p in points:
         log_p.update(point_log_p(p))
-    rows.sort(key=lambda r: (r["model"], r["k"], r["objective"], r["seed"], r["run"], r["step"]))
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, FIELDS)
-    writer.writeheader()
-    writer.writerows({k: _rounded(r.get(k)) for k in FIELDS} for r in rows)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / RUNS_CSV, text.getvalue())
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     width = max((len(v) for v in log_p.values()), default=0)
@@ -87,6 +97,16 @@ def merge_study(out: Path, points: list[dict[str, Any]]) -> None:
     for (run, step, estimator), values in sorted(log_p.items()):
         writer.writerow([run, step, estimator, *(f"{v:.3f}" for v in values)])
     write_text_atomic(out / LOG_P_CSV, text.getvalue())
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    rows.sort(key=lambda r: (r["model"], r["k"], r["objective"], r["seed"], r["run"], r["step"]))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fields)
+    writer.writeheader()
+    writer.writerows({k: _rounded(r.get(k)) for k in fields} for r in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text.getvalue())
 
 
 def _read_csv(path: Path, plain: bool = True) -> list[Any]:
@@ -102,7 +122,7 @@ def _read_csv(path: Path, plain: bool = True) -> list[Any]:
         raise UserError(f"{path} is not a readable CSV ({err}); delete it or restore it") from err
 
 
-_INTS = ("k", "seed", "epoch", "step", "active_units", "ais_images", "eval_k")
+_INTS = ("k", "seed", "epoch", "step", "active_units", "ais_images", "eval_k", "before_step")
 
 
 def _typed(row: dict[str, str]) -> dict[str, Any]:
