@@ -246,6 +246,8 @@ def test_table2_differences_match_a_direct_computation(tmp_path):
     only_switches = [r for r in table2 if "_to_vae/" not in r["run"] or "iwae_to" in r["run"]]
     partial = miniature_table2.table2(rows, only_switches, log_p)
     assert next(x for x in partial.splitlines() if "VAE (k = 1) → VAE" in x).count("not run")
+    report(None, tmp_path)  # from the CSVs alone: the figures, Table 2's among them
+    assert (tmp_path / "table2.png").is_file()
 
 
 def test_a_finetuning_run_names_its_before_model_inside_the_study(tmp_path):

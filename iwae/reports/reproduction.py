@@ -192,6 +192,9 @@ def report(root: Path | None, out: Path, page: Path | None = None) -> None:
     if page is not None:
         write_page_blocks(page, page_blocks(out))
     _figures(rows, log_p, out)
+    table2 = read_table2(out)
+    if table2:
+        _table2_figure(rows, table2, out)
     print(
         f"wrote {out}/{{{RUNS_CSV},{TABLE2_CSV},{LOG_P_CSV},*.png}}"
         + (f" and {page}" if page else "")
@@ -266,6 +269,36 @@ def _figures(rows: list[dict[str, Any]], log_p: LogP, out: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "active_units.png")
+    plt.close(fig)
+
+
+def _table2_figure(rows: list[dict[str, Any]], table2: list[dict[str, Any]], out: Path) -> None:
+    """Test NLL of each switch and control from its "before" point (0 steps) on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    found = miniature_table2.pairs(rows, table2)
+    for switch in miniature_table2.SWITCHES:
+        seeds = found.get((switch.before, switch.after))
+        if not seeds:
+            continue
+        runs = {after["run"] for _, after in seeds.values()}
+        by_step = _grouped([r for r in table2 if r["run"] in runs], ("step",))
+        steps = [0, *(s for (s,) in by_step)]
+        nll = [[b["test_nll"] for b, _ in seeds.values()]]
+        nll += [[r["test_nll"] for r in by_step[(s,)]] for s in steps[1:]]
+        style = "-" if switch.sign is not None else ":"
+        colour = "tab:red" if switch.after == miniature_table2.IWAE else "tab:grey"
+        ax.plot(steps, [statistics.fmean(v) for v in nll], style, marker="o", color=colour,
+                label=switch.name)  # fmt: skip
+    ax.set(xlabel="steps after the \"before\" model", ylabel="test NLL, k = 5000 (nats)",
+           title="Table 2 in miniature: mean over seeds")  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out / "table2.png")
     plt.close(fig)
 
 
