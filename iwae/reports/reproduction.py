@@ -49,6 +49,7 @@ from iwae.reports.study_files import (
     read_table2,
     write_page_blocks,
 )
+from iwae.training.checkpointing import load_checkpoint
 from iwae.training.outputs import save_figure, write_json_atomic
 
 
@@ -96,7 +97,7 @@ def evaluate_snapshot(
         "active_units": sum(units),
         "active_units_per_layer": "+".join(map(str, units)),
         "eval_k": k,
-        "init_from": cfg.get("init_from"),  # a fine-tuning run of Table 2: its "before" model
+        "init_from": init_from(run.checkpoint),
     }
 
 
@@ -141,8 +142,19 @@ def evaluate_runs(run_dirs: Iterable[Path], commit: str | None = None, **kw: Any
             if not out.is_file():
                 write_json_atomic(out, {**evaluate_snapshot(ckpt, **kw), "commit": trained})
                 print(f"evaluated {ckpt}", flush=True)
-            elif trained and not (cached := read_json(out)).get("commit"):
-                write_json_atomic(out, {**cached, "commit": trained})
+                continue
+            cached = read_json(out)
+            missing = {"commit": trained} if trained and not cached.get("commit") else {}
+            if "init_from" in cached and cached["init_from"] is None:  # maybe read from the
+                missing["init_from"] = init_from(load_checkpoint(ckpt))  # rebuilt config: again
+            if any(missing.values()):
+                write_json_atomic(out, {**cached, **missing})
+
+
+def init_from(checkpoint: dict[str, Any]) -> str | None:
+    """The checkpoint a fine-tuning run (Table 2) started from: the stored run config's
+    ``init_from``, which the config rebuilt for loading leaves out (a resume ignores it)."""
+    return (checkpoint.get("iwae_config") or {}).get("init_from")
 
 
 def trained_by(run_dir: Path) -> str | None:
