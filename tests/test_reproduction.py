@@ -92,6 +92,18 @@ def test_table1_fills_both_columns_at_k1_and_marks_cells_not_run():
     assert two.count("not run") == 2
 
 
+def test_table1_gives_two_layer_units_per_layer_as_the_paper_writes_them():
+    ll = [-100.0] * 4
+    rows = [_point("2_layer", 5, "vae", s, ll, units=100 + u) for s, u in enumerate((10, 13, 16))]
+    for r, u in zip(rows, (10, 13, 16)):
+        r["active_units_per_layer"] = f"100+{u}"
+    line = next(x for x in miniature.table1(rows).splitlines() if x.startswith("| 2 | 5 |"))
+    assert "(100+13) [3 seeds]" in line and "(17+5)" in line  # the paper's cell beside it
+    rows[0]["active_units_per_layer"] = ""  # a row without the split: the mean total
+    line = next(x for x in miniature.table1(rows).splitlines() if x.startswith("| 2 | 5 |"))
+    assert "(113) [3 seeds]" in line
+
+
 def test_since_is_the_first_step_from_which_the_claim_holds(tmp_path):
     rng = np.random.default_rng(2)
     points = []

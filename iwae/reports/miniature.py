@@ -284,11 +284,22 @@ def _cell_text(runs: list[dict[str, Any]] | None) -> str:
     if not runs:
         return "not run"
     nll = [r["test_nll"] for r in runs]
-    units = statistics.fmean(r["active_units"] for r in runs)
+    units = units_per_layer(runs)
     if len(runs) == 1:
-        return f"{nll[0]:.2f} ({units:.0f}) [1 seed]"
+        return f"{nll[0]:.2f} ({units}) [1 seed]"
     se = statistics.stdev(nll) / math.sqrt(len(nll))
-    return f"{statistics.fmean(nll):.2f} ± {se:.2f} ({units:.0f}) [{len(runs)} seeds]"
+    return f"{statistics.fmean(nll):.2f} ± {se:.2f} ({units}) [{len(runs)} seeds]"
+
+
+def units_per_layer(runs: list[dict[str, Any]]) -> str:
+    """Active units per stochastic layer, mean over the runs, as the paper writes them: 17+5."""
+    try:
+        layers = [[float(u) for u in str(r["active_units_per_layer"]).split("+")] for r in runs]
+    except ValueError:  # a row without the per-layer split: the total
+        layers = [[float(r["active_units"])] for r in runs]
+    if len({len(u) for u in layers}) != 1:
+        return f"{statistics.fmean(r['active_units'] for r in runs):.0f}"
+    return "+".join(f"{statistics.fmean(col):.0f}" for col in zip(*layers))
 
 
 def points_table(rows: list[dict[str, Any]]) -> str:
