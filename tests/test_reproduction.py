@@ -14,7 +14,13 @@ import pytest
 
 from iwae.errors import UserError
 from iwae.reports import miniature, miniature_table2
-from iwae.reports.reproduction import evaluate_runs, load_points, page_blocks, report
+from iwae.reports.reproduction import (
+    evaluate_runs,
+    load_points,
+    page_blocks,
+    report,
+    summary_block,
+)
 from iwae.reports.study_files import (
     LOG_P_CSV,
     RUNS_CSV,
@@ -178,12 +184,28 @@ def test_snapshot_measures_agree_with_mode_eval_and_name_the_training_commit(tmp
 
 
 def test_the_docs_tables_are_the_committed_csvs():
-    """Every generated table of docs/reproduction.md is what the committed CSVs give."""
+    """Every generated table of docs/reproduction.md and the README's summary is what the
+    committed CSVs give."""
     rows, _ = read_study(DOCS)
     assert rows, "docs/reproduction/runs.csv holds no study"
     page = PAGE.read_text()
     for name, body in page_blocks(DOCS).items():
         assert page_block(name, body) in page, f"docs/reproduction.md: the {name} table is stale"
+    readme = (ROOT / "README.md").read_text()
+    for name, body in summary_block(DOCS).items():
+        assert page_block(name, body) in readme, f"README.md: the {name} table is stale"
+
+
+def test_the_summary_gives_each_cell_and_the_paired_iwae_minus_vae():
+    rows = _study(np.random.default_rng(2))
+    log_p = {(r["run"], r["step"], "is"): r["test_ll_per_image"] for r in rows}
+    rows = [r for r in rows if (r["k"], r["objective"]) != (50, "vae")]  # one cell not run
+    line = miniature.summary(rows, log_p).splitlines()[2].split(" | ")
+    iwae5 = [r["test_nll"] for r in rows if (r["k"], r["objective"]) == (5, "iwae")]
+    assert line[5] == miniature.mean_se(iwae5) and line[6] == "not run"
+    gap = miniature.combine(rows, log_p, miniature.CLAIMS[0].cells("1_layer"), 100)
+    assert gap.diff < 0 and line[8] == f"{miniature.signed(gap.diff)} ± {gap.se:.2f} (shown)"
+    assert line[9] == "not run |"
 
 
 def test_every_committed_point_has_its_per_digit_values_and_commit():

@@ -302,6 +302,37 @@ def units_per_layer(runs: list[dict[str, Any]]) -> str:
     return "+".join(f"{statistics.fmean(col):.0f}" for col in zip(*layers))
 
 
+SUMMARY_CELLS = [(1, "vae", "k = 1"), (5, "vae", "VAE-5"), (5, "iwae", "IWAE-5"),
+                 (50, "vae", "VAE-50"), (50, "iwae", "IWAE-50")]  # fmt: skip
+
+
+def summary(rows: list[dict[str, Any]], log_p: LogP) -> str:
+    """The README's short form: each cell's test NLL and IWAE − VAE paired, per architecture."""
+    cells = _cells_at_budget(rows)
+    lines = [
+        "| layers | steps | seeds | " + " | ".join(name for _, _, name in SUMMARY_CELLS)
+        + " | IWAE − VAE, k = 5 | IWAE − VAE, k = 50 |",
+        "|---" * (len(SUMMARY_CELLS) + 5) + "|",
+    ]  # fmt: skip
+    for model in models(rows):
+        budget = common_budget(rows, model)
+        runs = [cells.get((model, k, o), []) for k, o, _ in SUMMARY_CELLS]
+        seeds = sorted({len(r) for r in runs if r})
+        nll = [mean_se([r["test_nll"] for r in cell]) or "not run" for cell in runs]
+        gaps = []
+        for claim in CLAIMS[:2]:  # IWAE-5 − VAE-5, IWAE-50 − VAE-50
+            paired = combine(rows, log_p, claim.cells(model), budget)
+            gaps.append(
+                "not run" if paired is None
+                else f"{signed(paired.diff)} ± {paired.se:.2f} ({paired.verdict(claim.sign)})"
+            )  # fmt: skip
+        lines.append(
+            f"| {LAYERS.get(model, model)} | {budget:,} | {'–'.join(map(str, seeds))} | "
+            + " | ".join(nll + gaps) + " |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
 def points_table(rows: list[dict[str, Any]]) -> str:
     """Every cell at every measured point: mean ± SE over seeds of the runs.csv columns."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)

@@ -14,11 +14,11 @@ measurements into ``docs/reproduction/`` and the tables of ``docs/reproduction.m
   fine-tuning runs of Table 2, ``experiment=table2_digits``) and ``test_log_p.csv`` (rows of the
   runs given are replaced, the others kept), then writes the figures and, with ``--page``, the
   generated tables of the page (`iwae.reports.miniature`, `iwae.reports.miniature_table2`) from
-  the CSVs alone.
+  the CSVs alone; with ``--summary``, the README's short form.
 
     python -m iwae.reports.reproduction evaluate study/one_layer/k5/iwae/seed0
     python -m iwae.reports.reproduction report study --out docs/reproduction \\
-        --page docs/reproduction.md
+        --page docs/reproduction.md --summary README.md
 """
 
 from __future__ import annotations
@@ -190,9 +190,12 @@ def _before(ckpt: Path, root: Path) -> tuple[str, int]:
     return run, read_json(measured)["step"]
 
 
-def report(root: Path | None, out: Path, page: Path | None = None) -> None:
+def report(
+    root: Path | None, out: Path, page: Path | None = None, summary: Path | None = None
+) -> None:
     """Append the snapshots below ``root`` to ``out``'s CSVs (a run's old rows are replaced),
-    then write the figures and, with ``page``, its generated tables from the CSVs alone."""
+    then write the figures and, with ``page``, its generated tables from the CSVs alone (with
+    ``summary``, that page's short form, e.g. the README's)."""
     if root is not None:
         points = load_points(root)
         if not points:
@@ -203,13 +206,15 @@ def report(root: Path | None, out: Path, page: Path | None = None) -> None:
         raise UserError(f"{out / RUNS_CSV} holds no study; give the study folder to add")
     if page is not None:
         write_page_blocks(page, page_blocks(out))
+    if summary is not None:
+        write_page_blocks(summary, summary_block(out))
     _figures(rows, log_p, out)
     table2 = read_table2(out)
     if table2:
         _table2_figure(rows, table2, out)
     print(
         f"wrote {out}/{{{RUNS_CSV},{TABLE2_CSV},{LOG_P_CSV},*.png}}"
-        + (f" and {page}" if page else "")
+        + "".join(f" and {p}" for p in (page, summary) if p)
     )
 
 
@@ -220,6 +225,11 @@ def page_blocks(out: Path) -> dict[str, str]:
         **miniature.blocks(rows, log_p),
         **miniature_table2.blocks(rows, read_table2(out), log_p),
     }
+
+
+def summary_block(out: Path) -> dict[str, str]:
+    """The README's summary of Table 1 in miniature, from ``out``'s CSVs alone."""
+    return {"summary": miniature.summary(*read_study(out))}
 
 
 def _figures(rows: list[dict[str, Any]], log_p: LogP, out: Path) -> None:
@@ -338,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("root", type=Path, nargs="?", help="study folder to add (none: CSVs only)")
     rep.add_argument("--out", type=Path, default=Path("docs/reproduction"))
     rep.add_argument("--page", type=Path, help="markdown page whose report blocks to rewrite")
+    rep.add_argument("--summary", type=Path, help="markdown page with a report:summary block")
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         torch.set_num_threads(args.threads)
@@ -349,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
             train_images=args.train_images,
         )
     else:
-        report(args.root, args.out, args.page)
+        report(args.root, args.out, args.page, args.summary)
 
 
 if __name__ == "__main__":
