@@ -318,6 +318,7 @@ def summary(rows: list[dict[str, Any]], log_p: LogP) -> str:
         budget = common_budget(rows, model)
         runs = [cells.get((model, k, o), []) for k, o, _ in SUMMARY_CELLS]
         seeds = sorted({len(r) for r in runs if r})
+        seeds_text = f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
         nll = [mean_se([r["test_nll"] for r in cell]) or "not run" for cell in runs]
         gaps = []
         for claim in CLAIMS[:2]:  # IWAE-5 − VAE-5, IWAE-50 − VAE-50
@@ -327,7 +328,7 @@ def summary(rows: list[dict[str, Any]], log_p: LogP) -> str:
                 else f"{signed(paired.diff)} ± {paired.se:.2f} ({paired.verdict(claim.sign)})"
             )  # fmt: skip
         lines.append(
-            f"| {LAYERS.get(model, model)} | {budget:,} | {'–'.join(map(str, seeds))} | "
+            f"| {LAYERS.get(model, model)} | {budget:,} | {seeds_text} | "
             + " | ".join(nll + gaps) + " |"
         )  # fmt: skip
     return "\n".join(lines)
