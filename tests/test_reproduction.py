@@ -208,9 +208,11 @@ def test_the_summary_gives_each_cell_and_the_paired_iwae_minus_vae():
     assert line[9] == "not run |"
 
 
-def test_every_committed_point_has_its_per_digit_values_and_commit():
-    rows, log_p = read_study(DOCS)
-    table2 = read_table2(DOCS)
+@pytest.mark.parametrize("folder", [DOCS, DOCS / "longer"], ids=["study", "longer"])
+def test_every_committed_point_has_its_per_digit_values_and_commit(folder):
+    rows, log_p = read_study(folder)
+    assert rows, f"{folder} holds no study"
+    table2 = read_table2(folder)
     study = {(r["run"], r["step"]) for r in rows}
     for r in table2:  # every fine-tuning run starts from a committed point
         assert (r["before_run"], r["before_step"]) in study, r["run"]
