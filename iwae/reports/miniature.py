@@ -295,9 +295,9 @@ def units_per_layer(runs: list[dict[str, Any]]) -> str:
     """Active units per stochastic layer, mean over the runs, as the paper writes them: 17+5."""
     try:
         layers = [[float(u) for u in str(r["active_units_per_layer"]).split("+")] for r in runs]
-    except ValueError:  # a row without the per-layer split: the total
-        layers = [[float(r["active_units"])] for r in runs]
-    if len({len(u) for u in layers}) != 1:
+    except ValueError:  # a row without the per-layer split
+        layers = []
+    if not layers or len({len(u) for u in layers}) != 1:  # no common split: the mean total
         return f"{statistics.fmean(r['active_units'] for r in runs):.0f}"
     return "+".join(f"{statistics.fmean(col):.0f}" for col in zip(*layers))
 
