@@ -27,6 +27,7 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from iwae.errors import UserError
+from iwae.training.checkpoint_file import check_structure
 
 TEMP_SUFFIX = ".tmp"
 
@@ -135,6 +136,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ) from None
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise UserError(f"{path} is not a checkpoint written by train.py (it has no state_dict)")
+    check_structure(checkpoint, path)  # a list where a mapping belongs: one line, not a traceback
     return dict(checkpoint)
 
 
