@@ -1,33 +1,150 @@
 """What the project adds to Lightning's loggers: the run's config at the top of every logger
 (W&B's run config, the CSV logger's ``hparams.yaml``, TensorBoard's HParams view), the run's
-media in W&B, closing a W&B run with the final metrics, and MLflow behind its extra."""
+media in W&B, closing a W&B run with the final metrics, MLflow behind its extra, and one
+history across a resume.
+
+A resumed run (``resume=true``) continues the logs of the process it resumes. Everything that
+process logged after its last checkpoint is logged again by the resumed run, at the same steps
+(bit for bit on the CPU), and the resumed run logs nothing at a step before the checkpoint's.
+So the first step a process logs says where the earlier history ends: the CSV file keeps its
+rows before that step, TensorBoard hides the earlier events from that step on (its purge
+marker, as ``SummaryWriter(purge_step=...)`` writes it), and the append-only stores (W&B,
+MLflow) skip the steps they already hold.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import loggers as pl_loggers
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
 
 from iwae.errors import UserError
+from iwae.training.checkpointing import write_bytes_atomic
 
 # The names a researcher filters, groups and plots runs by, in this order at the top of the
 # W&B config; each is a Hydra choice (``model: two_layer``) or a value of the resolved config.
 _CHOICES = ("experiment", "objective", "model", "data", "schedule", "optimizer")
 
 
+class _ContinuedCSV(ExperimentWriter):
+    """Lightning's CSV writer that keeps the rows of the process a run resumes (Lightning's
+    deletes ``metrics.csv`` when its folder is not empty) and writes every row as it is logged,
+    so that a kill loses none logged before the checkpoint it resumes from."""
+
+    def __init__(self, log_dir: str) -> None:
+        self._cut_pending = True
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # the earlier rows are cut at the first logged step instead (`_keep_rows_before`)
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        if self._cut_pending:
+            self._cut_pending = False
+            self._keep_rows_before(step)
+        super().log_metrics(metrics_dict, step)
+        self.save()
+
+    def _keep_rows_before(self, step: int | None) -> None:
+        """Keep the file's complete rows logged before ``step`` (all of them when it is None)."""
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        text = text[: text.rfind("\n") + 1]  # a kill mid-write leaves a part of a last row
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        kept = [row for row in rows if step is None or _row_step(row) < step]
+        if not kept:
+            path.unlink()
+            return
+        self.metrics_keys = sorted({key for row in kept for key in row})
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(kept)
+        data = buffer.getvalue().encode("utf-8")
+        write_bytes_atomic(path, lambda f: f.write(data))
+
+
+def _row_step(row: Mapping[str, str]) -> float:
+    try:
+        return int(row.get("step") or "")
+    except ValueError:
+        return float("inf")  # not a row this writer wrote: dropped with the cut rows
+
+
+class CSVLogger(pl_loggers.CSVLogger):
+    """Lightning's CSVLogger whose ``metrics.csv`` holds a resumed run's whole history once:
+    the rows the resumed process logged before its first step, then the resumed run's."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedCSV(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _LoggedSteps:
+    """The last step an append-only store (W&B, MLflow) holds and the metric names logged at
+    it, to skip what a resumed run logs again: the earlier process logged those values."""
+
+    def __init__(self, step: int | None = None, keys: Iterable[str] = ()) -> None:
+        self.step, self.keys = step, set(keys)
+
+    def seen(self, step: int | None, metrics: Mapping[str, Any]) -> bool:
+        if step is None or self.step is None:
+            return False
+        return step < self.step or (step == self.step and set(metrics) <= self.keys)
+
+    def add(self, step: int | None, metrics: Mapping[str, Any]) -> None:
+        if step is None:
+            return
+        if self.step is None or step > self.step:
+            self.step, self.keys = step, set()
+        if step == self.step:
+            self.keys |= set(metrics)
+
+
 class WandbLogger(pl_loggers.WandbLogger):
     """Lightning's W&B logger without the ``anonymous=None`` it always hands ``wandb.init``,
-    which makes W&B print "The anonymous setting has no effect" on every run. Everything else
-    is Lightning's (``tests/test_private_api.py`` checks the ``_wandb_init`` it keeps)."""
+    which makes W&B print "The anonymous setting has no effect" on every run, and which logs
+    no step twice across a resume: a run (``id``, ``resume: allow``) continues in W&B, and the
+    steps the earlier process logged (``wandb/logged_step.json``) are not logged again.
+    Everything else is Lightning's (``tests/test_private_api.py`` checks the ``_wandb_init``
+    it keeps)."""
+
+    STEPS_FILE = "logged_step.json"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+        self._steps_file = Path(self._save_dir or ".") / "wandb" / self.STEPS_FILE
+        try:
+            stored = json.loads(self._steps_file.read_text())
+            self._logged = _LoggedSteps(int(stored["step"]), stored["keys"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self._logged = _LoggedSteps()
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self._logged.seen(step, metrics):
+            return
+        super().log_metrics(metrics, step)
+        self._logged.add(step, metrics)
+        record = json.dumps({"step": self._logged.step, "keys": sorted(self._logged.keys)})
+        write_bytes_atomic(self._steps_file, lambda f: f.write(record.encode()))
 
 
 def run_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, str]) -> dict:
@@ -83,6 +200,21 @@ class TensorBoardLogger(pl_loggers.TensorBoardLogger):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("default_hp_metric", False)
         super().__init__(*args, **kwargs)
+        # Event files of an earlier process in this folder (a resumed run): what it logged from
+        # this process's first step on is hidden when that step is logged (`log_metrics`).
+        self._purge_pending = any(Path(self.log_dir).glob("events.out.tfevents.*"))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self._purge_pending and step is not None:
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+            # TensorBoard drops earlier events at or after a START's step: SummaryWriter's
+            # purge_step, which needs the step before the writer exists (the hparams come first).
+            start = SessionLog(status=SessionLog.START)
+            self.experiment._get_file_writer().add_event(Event(step=step, session_log=start))
+        self._purge_pending = False
+        super().log_metrics(metrics, step)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None) -> None:
@@ -106,7 +238,44 @@ def mlflow_logger(**kwargs: Any) -> Any:
         raise UserError(
             "logger=mlflow needs MLflow: pip install '.[mlflow]' (or: pip install mlflow)"
         )
-    return pl_loggers.MLFlowLogger(**kwargs)
+    return MLFlowLogger(**kwargs)
+
+
+class MLFlowLogger(pl_loggers.MLFlowLogger):
+    """Lightning's MLFlowLogger that continues the MLflow run of the process a run resumes
+    (the run directory's store holds this run only) and skips the steps it holds."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._logged = _LoggedSteps()
+        if kwargs.get("run_id") is None:
+            kwargs["run_id"] = self._earlier_run(
+                kwargs.get("tracking_uri"), kwargs.get("experiment_name", "lightning_logs")
+            )
+        super().__init__(**kwargs)
+
+    def _earlier_run(self, tracking_uri: str | None, experiment_name: str) -> str | None:
+        """The store's latest run of ``experiment_name``, its logged steps noted; None if none."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            return None
+        runs = client.search_runs(
+            [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+        )
+        if not runs:
+            return None
+        run_id = runs[0].info.run_id
+        for key in runs[0].data.metrics:
+            for point in client.get_metric_history(run_id, key):
+                self._logged.add(point.step, {key})
+        return run_id
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self._logged.seen(step, metrics):
+            super().log_metrics(metrics, step)
 
 
 def log_run_media(loggers: Iterable[Any], run_dir: Path, metrics: Mapping[str, Any]) -> None:
