@@ -20,7 +20,9 @@ def hparams_plugin_data(run_dir: Path) -> dict:
 
     files = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert files, f"no event file in {run_dir / 'tensorboard'}"
-    metrics, session, scalars = [], {}, set()
+    from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
+
+    metrics, session, scalars, columns = [], {}, set(), []
     for file in files:
         events = EventAccumulator(str(file))
         events.Reload()
@@ -28,11 +30,14 @@ def hparams_plugin_data(run_dir: Path) -> dict:
         for content in events.PluginTagToContent("hparams").values():
             data = plugin_data_pb2.HParamsPluginData.FromString(content)
             metrics += [info.name.tag for info in data.experiment.metric_infos]
+            if data.HasField("experiment"):  # the columns in the order the view shows them
+                _sort_and_reduce_to_hparams_limit(data.experiment, None)
+                columns = [info.name for info in data.experiment.hparam_infos]
             for name, value in data.session_start_info.hparams.items():
                 session[name] = value.WhichOneof("kind") and getattr(
                     value, value.WhichOneof("kind")
                 )
-    return {"metrics": metrics, "hparams": session, "scalars": scalars}
+    return {"metrics": metrics, "hparams": session, "scalars": scalars, "columns": columns}
 
 
 def test_tensorboard_beside_csv_records_hparams_and_metrics(tmp_path):
@@ -49,6 +54,23 @@ def test_tensorboard_beside_csv_records_hparams_and_metrics(tmp_path):
     assert {"val/bound", "train/bound"} <= data["scalars"]
     assert "hp_metric" not in data["scalars"]  # Lightning's placeholder metric is off
     assert (run / "csv" / "metrics.csv").is_file()  # the other logger still writes
+    # The view leads with the choices runs are compared by; no _target_ or callback columns,
+    # which stay in hparams.yaml.
+    columns = data["columns"]
+    assert set(columns[: len(loggers.HPARAMS_LEAD)]) == set(loggers.HPARAMS_LEAD), columns[:12]
+    assert not [c for c in columns if "_target_" in c or c.startswith("config/callbacks/")]
+    stored = (run / "tensorboard" / "hparams.yaml").read_text()
+    assert "_target_" in stored and "callbacks:" in stored
+
+
+def test_hparams_columns_lead_with_the_choices_and_drop_targets():
+    params = {
+        "batch_size": 20,
+        "k": 5,
+        "objective": "iwae",
+        "config": {"callbacks": {"checkpoint": {"every": 4}}, "model": {"_target_": "x.M"}},
+    }
+    assert list(loggers.hparams_columns(params)) == ["objective", "k", "batch_size"]
 
 
 def test_flat_hparams_are_values_tensorboard_takes():

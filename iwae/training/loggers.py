@@ -188,13 +188,32 @@ def flat_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# The HParams view's first columns: the choices runs are compared by (TensorBoard shows them
+# in the order of their names).
+HPARAMS_LEAD = ("objective", "estimator", "k", "model", "data", "binarization", "seed", "lr")
+
+
+def hparams_columns(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The HParams view's columns: `HPARAMS_LEAD`, then the rest of the flat config
+    without what no one compares runs by (``_target_`` and other ``_``-keys, the callbacks'
+    settings); those stay in ``hparams.yaml``."""
+    columns = {
+        name: value
+        for name, value in flat_hparams(params).items()
+        if not name.split("/")[-1].startswith("_") and not name.startswith("config/callbacks/")
+    }
+    lead = {name: columns.pop(name) for name in HPARAMS_LEAD if name in columns}
+    return {**lead, **columns}
+
+
 class TensorBoardLogger(pl_loggers.TensorBoardLogger):
     """Lightning's TensorBoardLogger whose hyperparameters reach the HParams view with the
     project's metrics as its columns.
 
     Lightning writes the HParams summary only together with metric values (its default logs
     a placeholder ``hp_metric`` of -1 at step 0); this writes it with the names in
-    `HPARAMS_METRICS` and no values, so the view shows each run's last ``val/bound``.
+    `HPARAMS_METRICS` and no values, so the view shows each run's last ``val/bound``, and with
+    the columns of `hparams_columns` (the choices that matter first).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -223,10 +242,26 @@ class TensorBoardLogger(pl_loggers.TensorBoardLogger):
             return
         from torch.utils.tensorboard.summary import hparams
 
-        summaries = hparams(flat_hparams(dict(params)), dict.fromkeys(HPARAMS_METRICS, 0.0))
+        summaries = hparams(hparams_columns(dict(params)), dict.fromkeys(HPARAMS_METRICS, 0.0))
+        lead_the_view(summaries[0])
         writer = self.experiment._get_file_writer()  # as Lightning's own log_hyperparams does
         for summary in summaries:
             writer.add_summary(summary)
+
+
+def lead_the_view(experiment: Any) -> None:
+    """Mark `HPARAMS_LEAD` in the experiment summary as the settings runs differ by.
+
+    TensorBoard orders the HParams columns by that mark, then by name (``differs`` first), so
+    without it the view opens at ``batch_size`` and ``config/...``.
+    """
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    value = experiment.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in HPARAMS_LEAD
+    value.metadata.plugin_data.content = data.SerializeToString()
 
 
 def mlflow_logger(**kwargs: Any) -> Any:
