@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,9 @@ class UserDataModule(BinarizedDataModule):
         split: ``[n_train, n_val, n_test]`` for a source with one pool of images, shuffled
             with ``split_seed`` before it is cut; must be null for a source with its own splits.
         split_seed: seed of that shuffle, apart from ``seed`` so every run sees one split.
+        image_shape: ``[H, W]`` of flat ``[N, D]`` rows (``H * W = D``), so that samples are
+            drawn as images; null takes the source's shape (rows of a square ``D`` are drawn
+            as ``sqrt(D) x sqrt(D)`` images, others get no sample grid).
         **kw: `BinarizedDataModule`'s arguments.
     """
 
@@ -34,6 +38,7 @@ class UserDataModule(BinarizedDataModule):
         path: str | None = None,
         split: Sequence[int] | None = None,
         split_seed: int = 0,
+        image_shape: Sequence[int] | None = None,
         **kw,
     ) -> None:
         super().__init__(**kw)
@@ -45,12 +50,27 @@ class UserDataModule(BinarizedDataModule):
         self.split_seed = split_seed
         if self.split is not None and len(self.split) != 3:
             raise UserError(f"data.split must be [n_train, n_val, n_test], got {split}")
+        self.given_shape = _image_shape(image_shape)
+
+    def load_splits(self) -> DataSplits:
+        splits = self._load_splits()
+        if self.given_shape is None:
+            return splits
+        dim = math.prod(splits.image_shape)
+        if math.prod(self.given_shape) != dim:
+            raise UserError(
+                f"data.image_shape={list(self.given_shape)} holds "
+                f"{math.prod(self.given_shape)} pixels, but {self.path.name}'s images have {dim} "
+                f"(shape {list(splits.image_shape)}); give [H, W] with H * W = {dim}, or drop it"
+            )
+        splits.image_shape = self.given_shape
+        return splits
 
     def read(self) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
         """``({"train"/"val"/"test" or "all": [N, D] float32 in [0, 1]}, image_shape)``."""
         raise NotImplementedError
 
-    def load_splits(self) -> DataSplits:
+    def _load_splits(self) -> DataSplits:
         if not self.path.exists():
             raise UserError(f"data.path {self.path} does not exist")
         self.data_sha256 = data_digest(self.path)
@@ -82,6 +102,18 @@ class UserDataModule(BinarizedDataModule):
         if self.data_sha256 is not None:
             state["data_file"] = {"path": str(self.path), "sha256": self.data_sha256}
         return state
+
+
+def _image_shape(value: Sequence[int] | None) -> tuple[int, int] | None:
+    """``data.image_shape`` as ``(H, W)``, or a one-line refusal."""
+    if value is None:
+        return None
+    shape = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    if len(shape) != 2 or not all(type(n) is int and n > 0 for n in shape):
+        raise UserError(
+            f"data.image_shape must be [height, width], two positive integers; got {value}"
+        )
+    return shape[0], shape[1]
 
 
 def data_digest(path: Path) -> str:

@@ -26,7 +26,12 @@ from iwae.launch.device import set_flush_denormal, set_torch_threads
 from iwae.launch.resolvers import parallel_sweep_job
 from iwae.training.checkpointing import check_state_dict_matches, load_checkpoint
 from iwae.training.loggers import finish_wandb, log_run_media
-from iwae.training.outputs import format_results, save_sample_grid, write_json_atomic
+from iwae.training.outputs import (
+    format_results,
+    optional_artefact,
+    save_sample_grid,
+    write_json_atomic,
+)
 from iwae.training.resume import (
     check_resume_config,
     check_resume_data,
@@ -81,10 +86,13 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         return metrics
     if cfg.eval.enabled:
         metrics.update(test_metrics(module.model, datamodule.test_dataloader(), cfg.eval))
-        save_sample_grid(module.model, datamodule.image_shape, output_dir / "samples.png")
+    # The result first; then what a run may lack, each failure one warning line.
     write_json_atomic(output_dir / "metrics.json", metrics)
-    log_run_media(trainer.loggers, output_dir, metrics)
-    finish_wandb(trainer.loggers, metrics)  # the next run of a sweep in this process gets its own
+    if cfg.eval.enabled:
+        save_sample_grid(module.model, datamodule.image_shape, output_dir / "samples.png")
+    optional_artefact("W&B media", lambda: log_run_media(trainer.loggers, output_dir, metrics))
+    # The next run of a sweep in this process gets its own W&B run.
+    optional_artefact("W&B summary", lambda: finish_wandb(trainer.loggers, metrics))
     print(format_results(metrics, output_dir, time.perf_counter() - started))
     return metrics
 

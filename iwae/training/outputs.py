@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import math
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torchvision
 from iwae.training.checkpointing import write_bytes_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -63,16 +66,55 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
 
 def save_sample_grid(
     model, image_shape: tuple[int, ...], path: str | os.PathLike, n: int = 64, seed: int = 0
+) -> bool:
+    """A PNG grid of ``n`` model samples (Bernoulli means) via torchvision's image grid; True
+    if written. The grid is optional: written after the results, and a failure (or flat rows
+    with no image shape) is one warning line, never an exception that could cost a result."""
+    grid_shape = drawable_shape(image_shape)
+    if grid_shape is None:
+        log.warning(
+            "no sample grid: the images are flat rows of %d values, which are not square; "
+            "give data.image_shape=[H,W] to draw them",
+            math.prod(image_shape),
+        )
+        return False
+    return optional_artefact(
+        f"sample grid {path}", lambda: _write_grid(model, grid_shape, path, n, seed)
+    )
+
+
+def drawable_shape(image_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(H, W)`` to draw an image of ``image_shape`` as: its last two sizes, or a square for
+    flat rows of a square length; None for other flat rows."""
+    if len(image_shape) >= 2:
+        return int(image_shape[-2]), int(image_shape[-1])
+    side = math.isqrt(math.prod(image_shape))
+    return (side, side) if side * side == math.prod(image_shape) else None
+
+
+def _write_grid(
+    model, grid_shape: tuple[int, int], path: str | os.PathLike, n: int, seed: int
 ) -> None:
-    """A PNG grid of ``n`` model samples (Bernoulli means) via torchvision's image grid."""
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
-    images = model.sample(n, generator=g).cpu().view(n, 1, *image_shape[-2:])
+    images = model.sample(n, generator=g).cpu().view(n, 1, *grid_shape)
     buffer = io.BytesIO()  # written as metrics.json is: a link at ``path`` is not followed
     torchvision.utils.save_image(
         images, buffer, format="png", nrow=int(math.sqrt(n)), padding=2, pad_value=1.0
     )
     write_bytes_atomic(path, lambda f: f.write(buffer.getvalue()))
+
+
+def optional_artefact(what: str, make: Callable[[], Any]) -> bool:
+    """Run ``make``, which writes something a run may lack (a sample grid, media, a figure);
+    True if it worked, else one warning line naming ``what`` and the error."""
+    try:
+        make()
+    except Exception as err:  # noqa: BLE001 (any failure of an optional output is one line)
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        log.warning("no %s: %s%s", what, type(err).__name__, f": {message}" if message else "")
+        return False
+    return True
 
 
 def format_results(
