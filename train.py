@@ -39,17 +39,21 @@ def main(cfg: DictConfig) -> float | None:
     # module-level code of this file, so the resolvers are registered here as well.
     register_resolvers()
     quiet_third_party_noise()  # and its warning filters: a joblib worker starts without them
-    from iwae.launch.eval_checkpoint import evaluate_checkpoint
-    from iwae.launch.run import train
-    from iwae.training.checkpointing import is_disk_full
+    from iwae.launch.plugins import trust_run  # (no torch: an untrusted module is said first)
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         if cfg.get("mode", "train") not in ("train", "eval"):  # a sweep's later values
             raise UserError(f"unknown mode {cfg.mode!r}; choose one of: train, eval")
-        run = evaluate_checkpoint if cfg.get("mode") == "eval" else train
         with run_lock(output_dir):  # one process per run directory (each job of a sweep too)
             try:
+                # plugins=, $IWAE_PLUGINS, entry points: imported first; in a joblib or SLURM
+                # worker too (the job's config holds `plugins`, the environment travels)
+                trust_run(cfg)
+                from iwae.launch.eval_checkpoint import evaluate_checkpoint
+                from iwae.launch.run import train
+
+                run = evaluate_checkpoint if cfg.get("mode") == "eval" else train
                 metrics = run(cfg, output_dir)
             except UserError:
                 if NEW_RUN_DIR:  # refused before any result: leave no run directory behind
@@ -65,6 +69,8 @@ def main(cfg: DictConfig) -> float | None:
         )
         sys.exit(130)
     except OSError as e:
+        from iwae.training.checkpointing import is_disk_full
+
         if not is_disk_full(e):
             raise
         where = e.filename or output_dir

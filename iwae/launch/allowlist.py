@@ -1,4 +1,5 @@
-"""What a checkpoint's stored config may build: this project's own classes, nothing else.
+"""What a checkpoint's stored config may build: this project's own classes and the plug-ins
+the person running the command trusts, nothing else.
 
 ``torch.load(weights_only=True)`` keeps a checkpoint from running code while it is unpickled,
 but the run config stored in it (``iwae_config``) is later passed to ``hydra.utils.instantiate``,
@@ -11,24 +12,30 @@ special keys (``_args_``, ``_partial_``, ``_recursive_``, ``_convert_``) and int
 config is resolved before it is saved, so a genuine one has none. Nothing else of the
 stored config is kept, nor where its data came from (``data.root``, ``data.download``,
 ``data.base_url``): a rebuild reads local files only.
+
+A class of the user's own module (a bound, a network, a data module) may be rebuilt when the
+command trusts that module (``plugins=[mybound]``, ``$IWAE_PLUGINS``, an installed entry
+point: `iwae.launch.plugins`); the caller passes the trusted modules in. A ``plugins`` key
+stored in the checkpoint is not among the keys kept, so a file never trusts itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from iwae.errors import UserError
+from iwae.launch.plugins import is_trusted_target, refusal_hint
 
 _OBJECTIVES = ("IWAE", "VAE", "MIWAE", "CIWAE", "PIWAE", "Renyi", "RWS", "Staged")
 _DATA = ("MNISTSubset", "MNIST", "BinarizedMNIST", "Omniglot", "FashionMNIST", "Npz", "Folder")
 
 # The classes a stored config may name, per config group.
 ALLOWED_TARGETS: dict[str, frozenset[str]] = {
-    "model": frozenset({"iwae.model.IWAEModel"}),
+    "model": frozenset({"iwae.model.IWAEModel", "iwae.conv.ConvModel"}),
     "objective": frozenset(f"iwae.objectives.{name}" for name in _OBJECTIVES),
     "data": frozenset(f"datamodules.{name}DataModule" for name in _DATA),
     "schedule": frozenset({"iwae.schedules.ConstantSchedule", "iwae.schedules.PaperSchedule"}),
@@ -53,25 +60,27 @@ LOCAL_DATA_KEYS = ("download", "base_url", "root")
 _PLAIN_KEYS = ("k", "seed", "threads", "flush_denormal", "eval")
 
 
-def check_node(group: str, node: Any, where: str) -> None:
+def check_node(group: str, node: Any, where: str, trusted: Sequence[str] = ()) -> None:
     """Raise a one-line `UserError` if ``node`` (plain dicts, lists and scalars, resolved)
-    would make Hydra call anything but ``group``'s allowed classes."""
+    would make Hydra call anything but ``group``'s allowed classes or a class or function of
+    the ``trusted`` plug-in modules."""
     if isinstance(node, Mapping):
         for key, value in node.items():
             place = f"{where}.{key}"
             if key == "_target_":
-                if value not in ALLOWED_TARGETS.get(group, ()):
+                allowed = value in ALLOWED_TARGETS.get(group, ())
+                if not allowed and not is_trusted_target(value, trusted):
                     raise UserError(
                         f"{place} names {value!r}, which is not one of this project's {group} "
-                        "classes; only a checkpoint written by train.py can be rebuilt"
+                        f"classes nor in a trusted plug-in module; {refusal_hint(value, trusted)}"
                     )
             elif isinstance(key, str) and key.startswith("_") and key.endswith("_"):
                 if not (key == "_partial_" and group in _PARTIAL_GROUPS and where == group):
                     raise UserError(f"{place}: Hydra's {key} is not allowed in a stored config")
-            check_node(group, value, place)
+            check_node(group, value, place, trusted)
     elif isinstance(node, list | tuple):
         for i, value in enumerate(node):
-            check_node(group, value, f"{where}[{i}]")
+            check_node(group, value, f"{where}[{i}]", trusted)
     elif isinstance(node, str) and "${" in node:
         raise UserError(f"{where}: interpolation {node!r} is not allowed in a stored config")
 
@@ -98,9 +107,13 @@ def _renamed(target: Any) -> Any:
     return target
 
 
-def rebuild_config(stored: Mapping[str, Any], source: str) -> DictConfig:
+def rebuild_config(
+    stored: Mapping[str, Any], source: str, trusted: Sequence[str] = ()
+) -> DictConfig:
     """The stored run config, limited to what can be rebuilt safely, or a one-line `UserError`
-    naming ``source`` (the checkpoint) and the offending key. Nothing is called."""
+    naming ``source`` (the checkpoint) and the offending key. ``trusted``: the plug-in modules
+    this command trusts (`iwae.launch.plugins.trust`), never any the checkpoint names. Nothing
+    is called but the trusted modules' lookups."""
     safe: dict[str, Any] = {}
     stored = current_names(stored)
     for key in (*ALLOWED_TARGETS, *_PLAIN_KEYS):
@@ -108,7 +121,8 @@ def rebuild_config(stored: Mapping[str, Any], source: str) -> DictConfig:
             continue
         value = stored[key]
         try:
-            check_node(key if key in ALLOWED_TARGETS else "", value, key)
+            group = key if key in ALLOWED_TARGETS else ""  # plain settings build nothing
+            check_node(group, value, key, trusted if group else ())
             if key in ("model", "data", "objective") and not _has_target(value):
                 raise UserError(f"{key} has no _target_")
         except UserError as err:

@@ -9,9 +9,10 @@ constructor's one-line `UserError` through, which Hydra would wrap in a tracebac
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from iwae import contract
 from iwae.errors import UserError
-from iwae.launch.allowlist import rebuild_config
+from iwae.launch.allowlist import ALLOWED_TARGETS, rebuild_config
+from iwae.launch.plugins import trust
 from iwae.launch.resolvers import parallel_sweep_job, running_hydra
-from iwae.model import IWAEModel
 from iwae.training.checkpointing import (
     atomic_checkpoint_plugins,
     check_state_dict_matches,
@@ -37,6 +39,8 @@ from iwae.training.loggers import run_config
 from iwae.training.module import IWAEModule
 from iwae.training.outputs import code_commit
 from iwae.training.resume import use_epoch_exact_fit_loop
+
+log = logging.getLogger(__name__)
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
@@ -57,12 +61,19 @@ def build_module(
     cfg: DictConfig, datamodule: Any, objective: Any = None, schedule: Any = None
 ) -> IWAEModule:
     """Model (output bias from the training data), objective, optimizer and schedule; the
-    ``objective`` and ``schedule`` already built by the config check when given."""
+    ``objective`` and ``schedule`` already built by the config check when given.
+
+    Model and objective are checked against what the run will ask of them (`iwae.contract`):
+    training, the validation bound and, when the run evaluates, the tools ``eval`` turns on.
+    """
     model = build(cfg.model, input_dim=datamodule.input_dim)
-    model.init_output_bias(datamodule.train_pixel_mean())
+    objective = objective if objective is not None else build(cfg.objective)
+    check_contract(model, run_tools(cfg), objective)
+    if hasattr(model, "init_output_bias"):  # optional for a plug-in model (iwae.contract)
+        model.init_output_bias(datamodule.train_pixel_mean())
     return IWAEModule(
         model=model,
-        objective=objective if objective is not None else build(cfg.objective),
+        objective=objective,
         optimizer=build(cfg.optimizer),
         schedule=schedule if schedule is not None else build(cfg.schedule),
         val_k=cfg.eval.val_k,
@@ -72,6 +83,26 @@ def build_module(
         hparams=run_config(cfg, hydra_choices()),
         steps_per_batch=datamodule.steps_per_batch,
     )
+
+
+def run_tools(cfg: DictConfig) -> list[str]:
+    """The tools of `iwae.contract` a training run uses: training and the validation bound,
+    and the final evaluation's when it runs (``eval.enabled``)."""
+    tools = [contract.TRAINING, contract.EVALUATION]
+    if cfg.eval.get("enabled", True):
+        tools += contract.evaluation_tools(cfg.eval)
+    return list(dict.fromkeys(tools))
+
+
+def check_contract(model: Any, tools: Sequence[str], objective: Any = None) -> None:
+    """`iwae.contract`'s checks: a one-line `UserError` for a required method the model (or
+    objective) lacks; one warning line for the sample grid a model cannot draw."""
+    contract.check_model(model, tools)
+    if objective is not None:
+        contract.check_objective(objective)
+    skipped = contract.optional_missing(model)
+    if skipped:
+        log.warning(skipped)
 
 
 def build_trainer(cfg: DictConfig, module: IWAEModule, output_dir: Path) -> pl.Trainer:
@@ -167,7 +198,7 @@ def run_summary(objective: Any, datamodule: Any, seed: Any, model_choice: str | 
 class LoadedRun:
     """A trained model with the data it was trained on, rebuilt from a checkpoint."""
 
-    model: IWAEModel
+    model: nn.Module
     datamodule: Any
     config: DictConfig
     checkpoint: dict[str, Any]
@@ -185,16 +216,26 @@ def load_run(
     data_path: str | None = None,
     data: DictConfig | None = None,
     data_root: str | None = None,
+    *,
+    plugins: Sequence[str] | str | None = None,
+    tools: Sequence[str] = (contract.EVALUATION,),
 ) -> LoadedRun:
     """Rebuild model (with the checkpoint's weights) and datamodule from ``ckpt_path``.
 
-    The one loader of saved runs (``mode=eval`` and every report tool): the stored config is
-    checked against the allow-list before anything is built, a user data file must still have
-    the checksum stored with it (``data_path`` scores another on purpose), and weights must be
-    finite. Each failure is a one-line `UserError`. ``data`` (a ``data`` config node) scores
-    the model on other data, of the same image size, on purpose. A dataset's files are read
-    from ``data_root`` (the command line's ``paths.data_dir``; default: this machine's data
-    directory), never from where the checkpoint says, and never downloaded.
+    The one loader of saved runs (``mode=eval``, every report tool, the Python API): the
+    stored config is checked against the allow-list before anything is built, a user data
+    file must still have the checksum stored with it (``data_path`` scores another on
+    purpose), and weights must be finite. Each failure is a one-line `UserError`. ``data`` (a
+    ``data`` config node) scores the model on other data, of the same image size, on purpose.
+    A dataset's files are read from ``data_root`` (the command line's ``paths.data_dir``;
+    default: this machine's data directory), never from where the checkpoint says, and never
+    downloaded; a data file's stored path is opened only inside that directory or the run's
+    own directory (`stored_data_path`).
+
+    A plug-in class in the stored config is rebuilt when this command trusts its module:
+    ``plugins`` (the command line's), ``$IWAE_PLUGINS`` and installed entry points
+    (`iwae.launch.plugins`); never a ``plugins`` stored in the checkpoint. The model must have
+    what ``tools`` (`iwae.contract`) need: by default the importance-sampled log-likelihood.
     """
     checkpoint = load_checkpoint(ckpt_path)
     stored = checkpoint.get("iwae_config")
@@ -202,13 +243,17 @@ def load_run(
         raise UserError(
             f"{ckpt_path} carries no run config (iwae_config); was it saved by train.py?"
         )
-    config = rebuild_config(stored, str(ckpt_path))
+    config = rebuild_config(stored, str(ckpt_path), trust(plugins))
     if data is not None:
         datamodule = prepared_data(data)
     else:
         datamodule = build_data(config, checkpoint, str(ckpt_path), data_path, data_root)
     datamodule.setup("test")
     model = build(config.model, input_dim=datamodule.input_dim)
+    try:
+        contract.check_model(model, tools)  # (the sample grid's warning is mode=eval's)
+    except UserError as err:
+        raise UserError(f"{ckpt_path}: {err}") from None
     prefix = "model."
     state = {
         k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
@@ -266,14 +311,17 @@ def build_data(
     data_root: str | None = None,
 ) -> Any:
     """The run's prepared datamodule. A user data file (``data=npz``/``folder``) is read from
-    the absolute path stored in the checkpoint and must have the SHA-256 stored with it;
-    ``data_path`` (``eval.data_path``) scores another file on purpose.
+    the absolute path stored in the checkpoint, if that lies inside this machine's data
+    directory or the run's own directory (`stored_data_path`), and must have the SHA-256
+    stored with it; ``data_path`` (``eval.data_path``) scores another file on purpose.
 
     A dataset's files are looked for in this machine's data directory and never downloaded:
     the stored config's root, URL and download setting were dropped by `rebuild_config`, so
     a crafted checkpoint cannot fetch files or write them anywhere."""
     node = config.data
-    node.root = data_root or machine_data_dir()
+    root = data_root or machine_data_dir()
+    if _takes_root(str(node._target_)):  # a plug-in data module may have no root
+        node.root = root
     saved = checkpoint.get(str(node._target_).rsplit(".", 1)[-1])  # Lightning's datamodule state
     saved = saved.get("data_file") if isinstance(saved, Mapping) else None
     if "path" not in node:
@@ -283,12 +331,14 @@ def build_data(
     if data_path:
         node.path = data_path
     elif isinstance(saved, Mapping):
-        node.path = saved.get("path")
+        node.path = stored_data_path(saved.get("path"), source, root)
     elif not Path(str(node.path)).is_absolute():
         raise UserError(
             f"{source} stores the relative data.path {node.path!r} and no checksum, so which "
             "file it was trained on is unknown; pass eval.data_path=<that file>"
         )
+    else:
+        node.path = stored_data_path(node.path, source, root)
     datamodule = prepared_data(node, download=False)
     if not data_path and saved and saved.get("sha256") != datamodule.data_sha256:
         raise UserError(
@@ -297,6 +347,44 @@ def build_data(
             f"it, or pass eval.data_path={node.path} to score it as it is now"
         )
     return datamodule
+
+
+def run_directory(ckpt_path: str | Path) -> Path | None:
+    """The run directory of a checkpoint at ``<run>/checkpoints/<name>.ckpt``; None for a
+    checkpoint anywhere else."""
+    path = Path(ckpt_path).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def stored_data_path(path: Any, source: str, data_root: str) -> str:
+    """``path`` (a data file named by the checkpoint ``source``), if it lies, links followed,
+    inside this machine's data directory ``data_root`` or the run's own directory; otherwise a
+    one-line `UserError`: a checkpoint cannot make a rebuild open, parse or walk a file of its
+    choosing (``/etc/passwd``, ``/usr/share``). The command line may name any file."""
+    resolved = Path(str(path)).resolve()
+    run_dir = run_directory(source)
+    places = [Path(data_root).resolve(), *([run_dir] if run_dir is not None else [])]
+    if any(resolved.is_relative_to(place) for place in places):
+        return str(path)
+    where = " or ".join(str(p) for p in places)
+    raise UserError(
+        f"{source} names the data file {path}, outside this machine's data directory and the "
+        f"run's own directory ({where}), so it is not opened on the checkpoint's word; to "
+        f"score that file, pass eval.data_path={path} (or keep data files in the data "
+        "directory, $IWAE_DATA_DIR)"
+    )
+
+
+def _takes_root(target: str) -> bool:
+    """Whether the data module ``target`` takes a ``root`` (this project's all do)."""
+    if target in ALLOWED_TARGETS["data"]:
+        return True
+    from hydra.utils import get_class
+
+    from iwae.launch.value_checks import constructor_arguments
+
+    accepted = constructor_arguments(get_class(target))
+    return accepted is None or "root" in accepted
 
 
 def prepared_data(node: DictConfig, download: bool = True) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from iwae.contract import evaluation_tools, optional_missing
 from iwae.errors import UserError
 from iwae.evaluation import evaluate
 from iwae.launch.assembly import build, hydra_choice, load_run, run_summary
@@ -36,6 +38,8 @@ from iwae.launch.device import eval_device, set_flush_denormal, set_torch_thread
 from iwae.launch.memory_check import check_eval_memory
 from iwae.launch.resolvers import running_hydra
 from iwae.training.outputs import format_results, save_sample_grid, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 # What mode=eval takes from the checkpoint, so that a command-line value would be ignored.
 FROM_CHECKPOINT = (
@@ -89,7 +93,15 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if other_data and cfg.eval.get("data_path"):
         raise UserError("give either data=... or eval.data_path=..., not both")
     data_root = cfg.get("paths", {}).get("data_dir")  # this machine's data, never the file's
-    run = load_run(ckpt_path, device, cfg.eval.get("data_path"), data, data_root=data_root)
+    run = load_run(
+        ckpt_path,
+        device,
+        cfg.eval.get("data_path"),
+        data,
+        data_root=data_root,
+        plugins=cfg.get("plugins"),  # the command's trust; never the checkpoint's
+        tools=evaluation_tools(cfg.eval),  # AIS needs log_joint: said now, not after IS
+    )
     check_stored_values(run.config, ckpt_path)
     # Float sums depend on the thread count: unless told otherwise, evaluate with the run's own
     # `threads`, which reproduces its test/nll to the last digit.
@@ -116,7 +128,11 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.eval.get("per_image", False):
         write_per_image(output_dir / PER_IMAGE_CSV, per_image)
-    save_sample_grid(run.model, run.datamodule.image_shape, output_dir / "samples.png")
+    skipped = optional_missing(run.model)  # a plug-in model may draw no samples
+    if skipped:
+        log.warning(skipped)
+    else:
+        save_sample_grid(run.model, run.datamodule.image_shape, output_dir / "samples.png")
     write_json_atomic(output_dir / "metrics.json", metrics)
     print(format_results(metrics, output_dir, time.perf_counter() - started))
     return metrics

@@ -59,6 +59,8 @@ MAY_CHANGE = (
     "resume",
     "mode",
     "init_from",  # a resumed fine-tune run continues from its own weights, not init_from's
+    "plugins",  # whom this command trusts (iwae.launch.plugins), not what is trained
+    "compile",  # the same step, compiled or not: a speed setting
     "data.root",  # where the dataset files are, not which data (data.path names a file: refused)
     "data.download",  # how missing files are fetched: they are checked against their checksums
     "data.base_url",
@@ -119,8 +121,8 @@ def refused_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 
 # What every refusal of a changed resume ends with.
 MAY_CHANGE_HINT = (
-    "(only eval.*, threads, logger, callbacks and the trainer's progress, logging and stopping "
-    "settings may change; see docs/reliability.md)"
+    "(only eval.*, threads, plugins, compile, logger, callbacks and the trainer's progress, "
+    "logging and stopping settings may change; see docs/reliability.md)"
 )
 
 
