@@ -87,11 +87,41 @@ CASES = {
         "schedule.stages is not a setting of ConstantSchedule (it takes epochs)",
     ),
     "batch larger than the data": (["data.batch_size=201"], "larger than the training set (200"),
-    "k out of memory": (["k=1000000000"], "one training step at k=1000000000"),
+    "k out of memory": (["k=900000"], "one training step at k=900000"),
     "eval chunk out of memory": (
-        ["eval.k=10000000", "eval.chunk_size=10000000"],
+        ["eval.k=1000000", "eval.chunk_size=1000000"],
         "needs about",
     ),
+    # every count has an upper limit, and AIS a budget of work per image
+    "k above its limit": (["k=1000000000"], "k=1000000000 is above its limit of 1,000,000"),
+    "threads=10000": (["threads=10000"], "threads=10000 is above its limit of 1,024"),
+    "eval.ais.steps=1e9": (["eval.ais.steps=1000000000"], "eval.ais.steps=1000000000 is above"),
+    "eval.ais.leapfrog": (["eval.ais.steps=10", "eval.ais.leapfrog=100000"], "eval.ais.leapfrog"),
+    "eval.bdmc.images": (["eval.bdmc.images=100000000"], "eval.bdmc.images=100000000 is above"),
+    "eval.bound_ks": (["eval.bound_ks=[1,100000000]"], "eval.bound_ks=[1, 100000000] is above"),
+    "AIS work per image": (
+        ["eval.ais.steps=100000", "eval.ais.chains=1000", "eval.ais.leapfrog=100"],
+        "model gradients per image, above the limit of 1e+09",
+    ),
+    "schedule.epochs": (["schedule.epochs=100000000"], "schedule.epochs=100000000 is above"),
+    "steps_per_batch": (["steps_per_batch=1000000"], "steps_per_batch=1000000 is above"),
+    "data.split": (["data.split=[200,50,1000000000]"], "data.split=[200, 50, 1000000000] is"),
+    "snapshots every_n_epochs": (
+        ["callbacks=snapshots", "callbacks.snapshots.every_n_epochs=10000000"],
+        "callbacks.snapshots.every_n_epochs=10000000 is above",
+    ),
+    # names a key chooses between, and the top-level switches
+    "estimator": (["objective.estimator=drag"], "objective.estimator must be one of reparam"),
+    "staged estimator": (
+        ["objective=vae_to_iwae", "objective.second.estimator=drag"],
+        "objective.second.estimator must be one of",
+    ),
+    "renyi dreg": (["objective=renyi", "objective.estimator=dreg"], "one of reparam, stl (Renyi"),
+    "binarization": (["data.binarization=bernoulli"], "data.binarization must be one of dynamic"),
+    "eval.ais.init": (["eval.ais.init=posterior"], "eval.ais.init must be one of q, prior"),
+    "compile=yes": (["compile=yes"], "compile must be true or false, got 'yes'"),
+    "plugins as a string": (["plugins=my_lab"], "plugins must be a list of module names"),
+    "plugins as a file": (["plugins=[my_lab/bounds.py]"], "'my_lab/bounds.py' is not a module"),
     # dataset files
     "missing data file": (["data=npz", "data.path=/none/x.npz"], "/none/x.npz"),
     "truncated data file": ("truncated.npz", "cannot read the .npz file"),
@@ -99,6 +129,7 @@ CASES = {
     "data outside [0, 1]": ("range.npz", "[0, 1]"),
     # checkpoints
     "missing checkpoint": (["ckpt_path=/nonexistent/x.ckpt"], "checkpoint not found"),
+    "init_from missing": (["init_from=/nonexistent/x.ckpt"], "init_from: checkpoint not found"),
     "ckpt_path=last, none saved": (["ckpt_path=last"], "checkpoint not found"),
     "truncated checkpoint": ("ckpt:truncated.ckpt", "is truncated or not a PyTorch checkpoint"),
     "other architecture": ("ckpt:two_layer.ckpt", "is for another architecture or input size"),
@@ -256,3 +287,137 @@ def test_every_shipped_option_and_preset_passes_the_argument_check(choice, tmp_p
     cfg = compose_config([choice], tmp_path)
     for group in GROUPS:
         check_arguments(group, cfg[group])
+
+
+# --- answered before torch: paths, choices, counts -------------------------------------------
+def precheck(argv: list[str]) -> str | None:
+    return check_overrides(argv) or check_override_keys(argv, CONF_DIR)
+
+
+def test_a_checkpoint_path_that_is_a_run_directory_names_the_checkpoint_inside(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    hint = f"did you mean {run / 'checkpoints' / 'last.ckpt'}?"
+    for key in ("ckpt_path", "init_from"):
+        assert precheck([f"{key}={run}"]) == (
+            f"{key}={run} is a directory, not a checkpoint file; {hint}"
+        )
+    misspelt = precheck([f"ckpt_path={run / 'checkpoints' / 'lats.ckpt'}"])
+    assert misspelt == f"checkpoint not found: {run / 'checkpoints' / 'lats.ckpt'}; {hint}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "it holds no checkpoints/last.ckpt; pass ckpt_path=" in precheck([f"ckpt_path={empty}"])
+
+
+def test_a_missing_data_path_is_refused_with_the_closest_name(tmp_path):
+    (tmp_path / "digits.npz").write_bytes(b"")
+    message = precheck(["data=npz", f"data.path={tmp_path / 'digit.npz'}"])
+    assert message == (
+        f"data.path {tmp_path / 'digit.npz'} does not exist; did you mean "
+        f"{tmp_path / 'digits.npz'}?"
+    )
+    eval_path = [f"ckpt_path={tmp_path / 'digits.npz'}", "mode=eval"]
+    assert "eval.data_path /none.npz does not exist" in precheck(
+        [*eval_path, "eval.data_path=/none.npz"]
+    )
+
+
+def test_a_logger_directory_that_cannot_be_written_is_refused_before_lightning(tmp_path):
+    """TensorBoard's answer was an OSError traceback from inside Lightning."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    message = precheck(["logger=tensorboard", f"logger.tensorboard.save_dir={blocker / 'tb'}"])
+    assert message == (
+        f"logger.tensorboard.save_dir={blocker / 'tb'} cannot be created: {blocker} is a file; "
+        "pass logger.tensorboard.save_dir=<a writable directory>"
+    )
+    if Path("/sys").is_dir() and not _writable("/sys"):  # Linux, where sysfs takes no files
+        message = precheck(["logger=tensorboard", "logger.tensorboard.save_dir=/sys/iwae_tb"])
+        assert message.startswith("logger.tensorboard.save_dir=/sys/iwae_tb cannot be written")
+    assert precheck(["logger=tensorboard", f"logger.tensorboard.save_dir={tmp_path}/tb"]) is None
+
+
+def _writable(folder: str) -> bool:
+    import tempfile
+
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_the_precheck_choices_are_the_classes_own():
+    """The names checked before torch loads are the ones the classes accept."""
+    from datamodules.base import BINARIZATIONS
+    from iwae import ais
+    from iwae.launch import value_checks as plain
+    from iwae.objective_base import ESTIMATORS
+    from iwae.objectives import RWS, Renyi
+    from iwae.training.nonfinite import NonFiniteGuard
+
+    assert plain.ESTIMATORS == ESTIMATORS and plain.BINARIZATIONS == BINARIZATIONS
+    assert plain.AIS_INITS == ais.INITS and plain.NONFINITE_ACTIONS == NonFiniteGuard.ACTIONS
+    assert plain.NONFINITE_GUARD == f"{NonFiniteGuard.__module__}.NonFiniteGuard"
+    for estimator in ESTIMATORS:
+        takes = estimator in plain.ESTIMATORS_OF["iwae.objectives.Renyi"]
+        try:
+            Renyi(k=5, estimator=estimator)
+        except UserError:
+            assert not takes
+        else:
+            assert takes
+    assert "estimator" not in RWS.__init__.__code__.co_varnames
+
+
+def _count_keys() -> set[str]:
+    """Every integer-valued key of every shipped config file, as a run names it."""
+    from omegaconf import OmegaConf
+
+    found: set[str] = set()
+
+    def walk(node: object, key: str) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if name != "defaults":
+                    walk(value, f"{key}.{name}" if key else str(name))
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, key)
+        elif isinstance(node, int) and not isinstance(node, bool):
+            found.add(key)
+
+    for path in CONF_DIR.rglob("*.yaml"):
+        group = path.parent.relative_to(CONF_DIR).as_posix()
+        prefix = "" if group in (".", "experiment", "debug", "hparams_search") else group
+        if group.startswith("hydra"):
+            continue  # Hydra's own settings
+        walk(OmegaConf.to_container(OmegaConf.load(path)), prefix.replace("/", "."))
+    return found
+
+
+# Integer keys that are no count: seeds have their own range (MAX_SEED); the rest are flags.
+NOT_COUNTS = {"seed", "eval.seed", "data.split_seed", "hydra.sweeper.sampler.seed"}
+
+
+def test_every_count_a_shipped_config_holds_has_an_upper_limit():
+    """The class, not the examples: a count added to conf/ without a limit fails here."""
+    from fnmatch import fnmatch
+
+    from iwae.launch.limits import COUNT_LIMITS
+
+    counts = _count_keys() - NOT_COUNTS
+    assert {"k", "eval.k", "eval.ais.steps", "eval.bdmc.images", "data.batch_size"} <= counts
+    missing = [
+        key for key in sorted(counts) if not any(fnmatch(key, pattern) for pattern in COUNT_LIMITS)
+    ]
+    assert missing == []
+
+
+def test_the_run_refuses_more_threads_than_the_machine_has_cores():
+    from iwae.launch.device import check_threads_fit
+
+    check_threads_fit(2, cores=2)
+    with pytest.raises(UserError, match="threads=3 is more than the 2 logical CPUs"):
+        check_threads_fit(3, cores=2)

@@ -112,16 +112,45 @@ def _first_value(override: Any) -> str | None:
 
 
 def _reversed_interval(override: Any) -> str | None:
-    """One line for ``interval(high, low)``, which Optuna refuses with a traceback."""
+    """One line for a search range Optuna refuses with a traceback (and an empty sweep
+    folder): ``interval(high, low)``, or a log range (``tag(log, interval(...))``) that
+    reaches zero or below."""
     from hydra.core.override_parser.types import IntervalSweep
 
     value = override.value()
-    if isinstance(value, IntervalSweep) and value.start > value.end:
+    if not isinstance(value, IntervalSweep):
+        return None
+    if value.start > value.end:
         return (
             f"{override.input_line}: the interval's low end comes first; write "
             f"interval({value.end}, {value.start})"
         )
+    if "log" in (value.tags or set()) and value.start <= 0:
+        return (
+            f"{override.input_line}: a log range must lie above 0 (its logarithm is searched), "
+            f"got low end {value.start}; give a positive low end, or drop tag(log, ...)"
+        )
     return None
+
+
+def check_search_space(sweeper: DictConfig) -> None:
+    """The search space of a sweeper's config (``hydra.sweeper.params``, a preset's
+    included): each entry parses, and no range is reversed or a log range below zero."""
+    params = sweeper.get("params") or {}
+    parser = OverridesParser.create()
+    for key, text in params.items():
+        if not isinstance(text, str):
+            continue
+        try:
+            override = parser.parse_override(f"{key}={text}")
+        except HydraException as err:
+            reason = str(err).strip().splitlines()[0]
+            raise UserError(
+                f"hydra.sweeper.params.{key}: cannot parse {text!r} ({reason})"
+            ) from None
+        problem = _reversed_interval(override)
+        if problem:
+            raise UserError(f"hydra.sweeper.params.{problem}")
 
 
 def _suggest(cfg: DictConfig, key: str) -> str:
@@ -225,9 +254,11 @@ def check_plain_values(cfg: DictConfig, multirun: bool = False) -> str | None:
 
 
 def check_sweeper(sweeper: DictConfig) -> None:
-    """An Optuna study that would end in Optuna's traceback: no trials to run."""
+    """An Optuna study that would end in Optuna's traceback: no trials to run, or a search
+    range Optuna refuses."""
     if "optuna" not in str(sweeper.get("_target_", "")):
         return
+    check_search_space(sweeper)
     n_trials = sweeper.get("n_trials")
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise UserError(

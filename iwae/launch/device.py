@@ -54,6 +54,18 @@ def set_flush_denormal(enabled: bool) -> bool:
     return flushed and bool(enabled)
 
 
+def check_threads_fit(threads: int, cores: int | None = None) -> None:
+    """Refuse more threads than the machine has logical CPUs (``os.cpu_count``): they only
+    wait on each other, and thousands crash OpenMP with no message. Checked where the run
+    runs, whose cores may differ from the machine that launched it (SLURM)."""
+    cores = cores or os.cpu_count() or 1
+    if threads > cores:
+        raise UserError(
+            f"threads={threads} is more than the {cores} logical CPUs of this machine; "
+            f"lower threads to at most {cores}, or set threads=null (a share of the cores)"
+        )
+
+
 def set_torch_threads(threads: int | None) -> int:
     """Set torch's intra-op threads for this process and return the number in use.
 
@@ -67,6 +79,7 @@ def set_torch_threads(threads: int | None) -> int:
     if wanted is not None:
         if wanted < 1:
             raise UserError(f"threads must be a positive integer or null, got {wanted!r}")
+        check_threads_fit(wanted)
         torch.set_num_threads(wanted)
         # Lightning's DDP launchers set cores / processes threads unless OMP_NUM_THREADS is
         # set, and the ranks they start inherit this environment.

@@ -1,6 +1,7 @@
 """The value checks that need no model, no data and no torch: the keys outside any group,
-``eval.*``, the optimizer's settings, ``steps_per_batch``, and the keys each group's class
-takes.
+``eval.*``, the optimizer's settings, ``steps_per_batch``, the names a key chooses between
+(`check_choices`), the largest value of each count (`iwae.launch.limits`), the paths a config
+names (`iwae.launch.path_checks`) and the keys each group's class takes.
 
 `iwae.launch.config_check` runs them on every run (`check_run_values`) and, on the config
 composed from the command line, before Hydra starts (`check_plain_values`); nothing here
@@ -10,12 +11,28 @@ imports torch or Lightning, so that pre-check answers in a fraction of a second.
 from __future__ import annotations
 
 import inspect
+import math
+import re
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
 from iwae.errors import UserError, check_bool, check_number, check_optional_int, check_positive_int
 
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+
+# The names a key of the project's own classes chooses between, here so that they are checked
+# before torch loads (each class checks them again; tests/test_bad_input.py keeps both equal):
+# `iwae.objective_base.ESTIMATORS`, `datamodules.base.BINARIZATIONS`, `iwae.ais.INITS`,
+# `iwae.training.nonfinite.NonFiniteGuard.ACTIONS`.
+ESTIMATORS = ("reparam", "stl", "dreg")
+ESTIMATORS_OF = {"iwae.objectives.Renyi": ("reparam", "stl"), "iwae.objectives.RWS": ()}
+BINARIZATIONS = ("dynamic", "fixed")
+AIS_INITS = ("q", "prior")
+NONFINITE_ACTIONS = ("stop", "skip")
+NONFINITE_GUARD = "iwae.training.nonfinite.NonFiniteGuard"
+# A module name as ``import`` takes it: dotted identifiers.
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def check_plain_top_level(cfg: DictConfig) -> None:
@@ -27,6 +44,71 @@ def check_plain_top_level(cfg: DictConfig) -> None:
     check_optional_int("threads", cfg.get("threads"), meaning=" (null: a share of the cores)")
     check_bool("resume", cfg.get("resume", False))
     check_bool("flush_denormal", cfg.get("flush_denormal", True))
+    check_bool("compile", cfg.get("compile", False))
+    check_plugin_names(cfg.get("plugins"))
+    from iwae.launch.limits import check_count_limits
+    from iwae.launch.path_checks import check_config_paths
+
+    check_count_limits(cfg)
+    check_choices(cfg)
+    check_config_paths(cfg)
+
+
+def check_plugin_names(plugins: object) -> list[str]:
+    """``plugins``: a list of module names (``my_lab.bounds``); importing them comes later,
+    with the trust rules of `iwae.launch.plugins`."""
+    if plugins is None:
+        return []
+    if not isinstance(plugins, ListConfig | list):
+        raise UserError(
+            f"plugins must be a list of module names like [my_lab.bounds], got {plugins!r}; "
+            "write plugins=[my_lab.bounds] (with brackets)"
+        )
+    for name in plugins:
+        if not isinstance(name, str) or not MODULE_NAME.fullmatch(name):
+            raise UserError(
+                f"plugins: {name!r} is not a module name (dotted identifiers, like "
+                "my_lab.bounds); name the module to import, not a file path"
+            )
+    return [str(n) for n in plugins]
+
+
+def check_choices(cfg: DictConfig) -> None:
+    """Keys of the project's classes that name one of a few choices: each objective's
+    estimator (staged objectives' stages included), ``data.binarization``, ``eval.ais.init``
+    and the non-finite guard's action. A class of a plug-in module takes what it takes."""
+    for key, node in _objective_nodes(cfg.get("objective"), "objective"):
+        target = str(node.get("_target_", ""))
+        if "estimator" in node and target.startswith("iwae.objectives."):
+            allowed = ESTIMATORS_OF.get(target, ESTIMATORS)
+            _check_choice(f"{key}.estimator", node.get("estimator"), allowed, target)
+    data = cfg.get("data") or {}
+    if str(data.get("_target_", "")).startswith("datamodules.") and "binarization" in data:
+        _check_choice("data.binarization", data.get("binarization"), BINARIZATIONS)
+    ais = (cfg.get("eval") or {}).get("ais") or {}
+    _check_choice("eval.ais.init", ais.get("init", "q"), AIS_INITS)
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if isinstance(node, DictConfig) and node.get("_target_") == NONFINITE_GUARD:
+            _check_choice(f"callbacks.{name}.action", node.get("action", "stop"), NONFINITE_ACTIONS)
+
+
+def _objective_nodes(node: Any, key: str) -> list[tuple[str, DictConfig]]:
+    """The objective's node and those nested in it (a staged objective's ``first``/``second``)."""
+    if not isinstance(node, DictConfig):
+        return []
+    found = [(key, node)]
+    for name, child in node.items():
+        found += _objective_nodes(child, f"{key}.{name}")
+    return found
+
+
+def _check_choice(key: str, value: object, allowed: tuple[str, ...], owner: str = "") -> None:
+    if value in allowed:
+        return
+    if not allowed:
+        raise UserError(f"{owner.rsplit('.', 1)[-1]} takes no {key}; drop it")
+    takes = f" ({owner.rsplit('.', 1)[-1]} takes these)" if owner in ESTIMATORS_OF else ""
+    raise UserError(f"{key} must be one of {', '.join(allowed)}{takes}; got {value!r}")
 
 
 def check_steps_per_batch(cfg: DictConfig) -> int:
@@ -94,13 +176,22 @@ def check_annealing_values(evaluation: DictConfig, mode: str) -> None:
     if images:
         check_positive_int("eval.bdmc.steps", bdmc.get("steps"))
     if steps or images:
-        from dataclasses import replace
-
-        from iwae.ais import check_settings, settings_from  # torch: only when AIS runs
-
-        check_settings(replace(settings_from(ais_node), steps=max(steps, 1)))
+        check_hmc_settings(ais_node)
         check_optional_int("eval.ais.images", ais_node.get("images"), meaning=" (all)")
         check_optional_int("eval.ais.seed", ais_node.get("seed"), 0, meaning=" (eval.seed)")
+
+
+def check_hmc_settings(ais_node: Any) -> None:
+    """``eval.ais.chains``, ``leapfrog``, ``step_size`` and ``target_accept`` (the defaults of
+    conf/eval/default.yaml where unset), as `iwae.ais.check_settings` checks them, without
+    torch."""
+    check_positive_int("eval.ais.chains", ais_node.get("chains", 16))
+    check_positive_int("eval.ais.leapfrog", ais_node.get("leapfrog", 10))
+    size, accept = ais_node.get("step_size", 0.05), ais_node.get("target_accept", 0.65)
+    if isinstance(size, bool) or not isinstance(size, int | float) or not 0 < size < math.inf:
+        raise UserError(f"eval.ais.step_size must be a number > 0, got {size!r}")
+    if isinstance(accept, bool) or not isinstance(accept, int | float) or not 0 < accept < 1:
+        raise UserError(f"eval.ais.target_accept must be a number in (0, 1), got {accept!r}")
 
 
 def check_optimizer(optimizer: DictConfig) -> None:
