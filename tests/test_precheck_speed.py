@@ -41,14 +41,9 @@ def _train(args: list[str], cwd: Path = ROOT, timeout: float = 300) -> subproces
     )
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["objectve=iwae"], ["k=abc"], ["--help"], ["--cfg", "job"], ["-sc", "query=bash"]],
-    ids=["typo", "bad value", "help", "cfg", "completion"],
-)
-def test_the_precheck_path_imports_neither_torch_nor_lightning(args, tmp_path):
+def _probe(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     code = PROBE.format(heavy=HEAVY)
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT,
         env={**no_wandb_env(), "COMP_LINE": "python train.py obj"},  # what bash passes -sc
@@ -56,9 +51,48 @@ def test_the_precheck_path_imports_neither_torch_nor_lightning(args, tmp_path):
         text=True,
         timeout=120,
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["objectve=iwae"], ["k=abc"], ["--help"], ["--cfg", "job"], ["-sc", "query=bash"]],
+    ids=["typo", "bad value", "help", "cfg", "completion"],
+)
+def test_the_precheck_path_imports_neither_torch_nor_lightning(args, tmp_path):
+    proc = _probe(args, tmp_path)
     heavy = [line for line in proc.stderr.splitlines() if line.startswith("HEAVY=")]
     assert heavy == ["HEAVY="], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+# Values that were answered only after torch and Lightning loaded (17 s on a busy machine).
+LATE = {
+    "estimator": (["objective.estimator=drag"], "objective.estimator must be one of"),
+    "ckpt_path": (["ckpt_path=outputs/no_such_run/last.ckpt"], "checkpoint not found"),
+    "data.path": (["data=npz", "data.path=/no/such/file.npz"], "does not exist"),
+    "init_from": (["init_from=/no/such/file.ckpt"], "init_from: checkpoint not found"),
+    "threads": (["threads=10000"], "threads=10000 is above its limit"),
+    "ais steps": (["eval.ais.steps=1000000000"], "eval.ais.steps=1000000000 is above"),
+    "ais settings": (["eval.ais.steps=5", "eval.ais.init=posterior"], "eval.ais.init must be"),
+    "binarization": (["data.binarization=bernoulli"], "data.binarization must be one of"),
+    "compile": (["compile=yes"], "compile must be true or false"),
+    "plugins": (["plugins=[a/b.py]"], "is not a module name"),
+    "logger dir": (
+        ["logger=tensorboard", "logger.tensorboard.save_dir=/etc/hostname/tb"],
+        "/etc/hostname is a file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LATE))
+def test_values_that_need_no_torch_are_answered_before_it_loads(case, tmp_path):
+    args, expected = LATE[case]
+    proc = _probe(args, tmp_path)
+    heavy = [line for line in proc.stderr.splitlines() if line.startswith("HEAVY=")]
+    assert heavy == ["HEAVY="], proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 # --- refused before Hydra creates the run directory ------------------------------------------
@@ -103,6 +137,41 @@ def test_a_search_space_key_with_a_dot_is_read_as_the_sweeper_reads_it():
     assert "(did you mean optimizer.lr?)" in message and "+optimizer.lrr=0.0001" not in message
     reversed_ends = [*argv[:2], "hydra.sweeper.params.optimizer.lr=interval(0.003,0.0001)"]
     assert "write interval(0.0001, 0.003)" in check_override_keys(reversed_ends, CONF_DIR)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    reason='hydra-optuna-sweeper is not installed (pip install -e ".[search]")',
+)
+@pytest.mark.parametrize(
+    "space,expected",
+    [
+        ("tag(log, interval(-1e-4, 3e-3))", "a log range must lie above 0"),
+        ("tag(log, interval(0, 3e-3))", "a log range must lie above 0"),
+        ("tag(log, interval(3e-3, 1e-4))", "write interval(0.0001, 0.003)"),
+    ],
+)
+def test_a_search_range_optuna_refuses_is_refused_in_one_line_first(space, expected, tmp_path):
+    """Optuna's answer was a ValueError traceback, and an empty sweep folder."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "hparams_search=iwae_optuna", f"hydra.sweeper.params.optimizer.lr={space}"]
+    message = check_override_keys(argv, CONF_DIR)
+    assert message is not None and expected in message and "\n" not in message
+    proc = _train([*argv, f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and expected in proc.stderr
+    assert not sweep.exists()
+
+
+def test_a_presets_search_space_is_checked_too():
+    from iwae.errors import UserError
+    from iwae.launch.config_check import check_search_space
+
+    check_search_space(
+        OmegaConf.load(CONF_DIR / "hparams_search" / "iwae_optuna.yaml").hydra.sweeper
+    )
+    bad = OmegaConf.create({"params": {"optimizer.lr": "tag(log, interval(-1, 1e-3))"}})
+    with pytest.raises(UserError, match=r"^hydra.sweeper.params.optimizer.lr=tag\(log"):
+        check_search_space(bad)
 
 
 @pytest.mark.skipif(
