@@ -304,7 +304,9 @@ def evaluate_bdmc(
     model: nn.Module, n: int, settings: AISSettings, seed: int, max_bytes: int | None = None
 ) -> dict[str, float]:
     """`bdmc_bounds` on ``n`` simulated images, in passes that fit ``max_bytes``: the mean
-    lower and upper bounds on log p(x) (nats) and their gap, ``bdmc/*`` keys."""
+    lower and upper bounds on log p(x) (nats) and their gap, ``bdmc/*`` keys, each with its
+    standard error over the images (``*_stderr``; the gap's from the per-image differences
+    upper - lower, which share their image: a negative gap within about two of them is noise)."""
     check_settings(settings)
     per_pass = images_per_pass(model, settings, max_bytes)
     device = next(model.parameters()).device
@@ -314,8 +316,21 @@ def evaluate_bdmc(
         lo, up = bdmc_bounds(model, min(per_pass, n - start), settings, generator)
         lower.append(lo.cpu())
         upper.append(up.cpu())
-    lo, up = torch.cat(lower).mean().item(), torch.cat(upper).mean().item()
-    return {"bdmc/lower": lo, "bdmc/upper": up, "bdmc/gap": up - lo, "bdmc/images": n}
+    lo, up = torch.cat(lower), torch.cat(upper)
+    return {
+        "bdmc/lower": lo.mean().item(),
+        "bdmc/upper": up.mean().item(),
+        "bdmc/gap": up.mean().item() - lo.mean().item(),
+        "bdmc/lower_stderr": _stderr(lo),
+        "bdmc/upper_stderr": _stderr(up),
+        "bdmc/gap_stderr": _stderr(up - lo),
+        "bdmc/images": n,
+    }
+
+
+def _stderr(values: Tensor) -> float:
+    """Standard error of the mean of ``values`` ``[n]`` (nan for one value)."""
+    return values.std().item() / math.sqrt(len(values)) if len(values) > 1 else math.nan
 
 
 def _seed(eval_cfg: Any) -> int:
@@ -358,7 +373,8 @@ def ais_metrics(
 
 def bdmc_metrics(model: nn.Module, eval_cfg: Any) -> dict[str, Any]:
     """`evaluate_bdmc` with ``eval.bdmc.images`` and ``eval.bdmc.steps`` (the other HMC
-    settings from ``eval.ais``): ``bdmc/lower``, ``bdmc/upper``, ``bdmc/gap`` in nats."""
+    settings from ``eval.ais``): ``bdmc/lower``, ``bdmc/upper``, ``bdmc/gap`` in nats, with
+    their standard errors."""
     bdmc = eval_cfg.bdmc
     settings = replace(settings_from(eval_cfg.get("ais") or {}), steps=bdmc.steps)
     out = evaluate_bdmc(model, bdmc.images, settings, _seed(eval_cfg), eval_cfg.get("max_bytes"))

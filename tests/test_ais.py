@@ -121,6 +121,25 @@ def test_bdmc_brackets_the_quadrature_value_and_its_gap_shrinks():
 
 
 @torch.no_grad()
+def test_bdmc_reports_standard_errors_over_images_and_the_paired_gap():
+    """Each bound's error is over the simulated images; the gap's comes from the per-image
+    differences upper - lower (the two bounds of one image are not independent)."""
+    from iwae.training.outputs import format_results
+
+    model, n, seed = exact_model(), 64, 3
+    settings = AISSettings(steps=5, chains=1, leapfrog=2)
+    out = ais.evaluate_bdmc(model, n, settings, seed)
+    lower, upper = bdmc_bounds(model, n, settings, gen(seed))  # the same draws, one pass
+    root_n = math.sqrt(n)
+    assert out["bdmc/lower_stderr"] == pytest.approx(lower.std().item() / root_n, rel=1e-12)
+    assert out["bdmc/upper_stderr"] == pytest.approx(upper.std().item() / root_n, rel=1e-12)
+    assert out["bdmc/gap_stderr"] == pytest.approx((upper - lower).std().item() / root_n)
+    summary = format_results({**out, "eval/bdmc_steps": 5})
+    gap = f"gap {out['bdmc/gap']:.2f} ± {out['bdmc/gap_stderr']:.2f}"
+    assert f"{out['bdmc/lower']:.2f} ± {out['bdmc/lower_stderr']:.2f}" in summary and gap in summary
+
+
+@torch.no_grad()
 def test_fixed_seed_gives_the_same_estimate_and_streaming_bounds_memory():
     model = two_layer_model()
     batches = [binary_images(6, seed=1), binary_images(4, seed=2)]

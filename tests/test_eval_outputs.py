@@ -63,6 +63,7 @@ def test_bdmc_keys(trained, tmp_path):
     assert m["bdmc/lower"] <= m["bdmc/upper"]
     assert m["bdmc/gap"] == pytest.approx(m["bdmc/upper"] - m["bdmc/lower"])
     assert m["bdmc/images"] == 6 and math.isfinite(m["bdmc/lower"])
+    assert all(m[f"bdmc/{b}_stderr"] > 0 for b in ("lower", "upper", "gap"))
 
 
 def test_eval_into_a_training_run_leaves_its_files_byte_identical(trained):

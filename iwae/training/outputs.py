@@ -177,7 +177,10 @@ def _ais_name(metrics: dict[str, Any]) -> str:
 def _bdmc(metrics: dict[str, Any]) -> str | None:
     if metrics.get("bdmc/lower") is None:
         return None
+    lower = _fmt(metrics["bdmc/lower"], metrics.get("bdmc/lower_stderr"))
+    upper = _fmt(metrics["bdmc/upper"], metrics.get("bdmc/upper_stderr"))
+    gap = _fmt(metrics["bdmc/gap"], metrics.get("bdmc/gap_stderr"))
     return (
-        f"{metrics['bdmc/lower']:.2f}, {metrics['bdmc/upper']:.2f} (gap {metrics['bdmc/gap']:.2f}, "
-        f"{metrics.get('bdmc/images')} simulated images, {metrics.get('eval/bdmc_steps')} steps)"
+        f"{lower}, {upper} (gap {gap}, {metrics.get('bdmc/images')} simulated images, "
+        f"{metrics.get('eval/bdmc_steps')} steps)"
     )
