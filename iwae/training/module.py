@@ -12,8 +12,50 @@ from torch import Tensor
 
 from iwae.evaluation import log_likelihood
 from iwae.model import IWAEModel
-from iwae.objectives import TrainingObjective
+from iwae.objectives import Staged, TrainingObjective
 from iwae.training.optim import build_optimizer
+
+
+def compile_options(device: torch.device) -> dict[str, Any]:
+    """Inductor options of the compiled step on ``device``.
+
+    ``fallback_random``: the noise comes from ATen's own ``randn`` on the global generator,
+    not Inductor's generator, so a compiled step draws the very numbers an eager step draws,
+    the generator state in a checkpoint continues them on resume, and RWS's replay of the
+    noise (``fork_rng``) holds. ``triton.cudagraphs`` (what ``mode="reduce-overhead"`` sets):
+    on a GPU, one graph launch instead of a kernel launch per op, which is what a batch-20
+    step is bound by. Passed as options because ``torch.compile`` takes a mode or options.
+    """
+    options: dict[str, Any] = {"fallback_random": True}
+    if device.type == "cuda":
+        options["triton.cudagraphs"] = True
+    return options
+
+
+def loss_and_bound(
+    objective: TrainingObjective, model: torch.nn.Module, x: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The compiled region: forward and (through AOTAutograd) backward of the model and the
+    objective. A plain tuple: what the training step uses of ``ObjectiveOutput``."""
+    out = objective(model, x)
+    return out.loss, out.bound
+
+
+# One compiled function per set of options, shared by every module of the process. The model
+# and the objective are arguments, not closed over: Dynamo guards on their types, settings and
+# tensor shapes, not on their identity, so the next run of a sweep in the same process (or a
+# resumed fit) reuses the graphs instead of compiling again, and never reaches Dynamo's limit
+# of 8 graphs per function.
+_COMPILED: dict[tuple[tuple[str, Any], ...], Callable[..., tuple[Tensor, Tensor]]] = {}
+
+
+def compiled_loss_and_bound(device: torch.device) -> Callable[..., tuple[Tensor, Tensor]]:
+    """`loss_and_bound` compiled for ``device`` (`compile_options`), static shapes."""
+    options = compile_options(device)
+    key = tuple(sorted(options.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(loss_and_bound, dynamic=False, options=options)
+    return _COMPILED[key]
 
 
 class IWAEModule(pl.LightningModule):
@@ -35,6 +77,11 @@ class IWAEModule(pl.LightningModule):
             logging) costs about as much as a whole step at k <= 5 on a CPU
             (docs/performance.md); with S steps per batch it is paid once per S steps. The
             steps, their data and their random numbers are the same as with one step per batch.
+
+    ``config["compile"]`` true compiles each step's forward and backward with ``torch.compile``
+    (`compile_options`; docs/performance.md says when it pays): each objective (each stage of a
+    staged one) once, at its first step, for the training batch size; an epoch's smaller last
+    batch takes the eager step (`_step`), so nothing is compiled again.
     """
 
     def __init__(
@@ -60,16 +107,39 @@ class IWAEModule(pl.LightningModule):
         self.val_k, self.val_seed = val_k, val_seed
         self.log_every_n_steps = max(1, log_every_n_steps)
         self.config = config
+        self.compile_step = bool((config or {}).get("compile", False))
+        self._compiled_shape: torch.Size | None = None
+
+    def _step(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, bound)`` of one minibatch: the objective's, compiled if ``compile``.
+
+        Compiled for the shape of the first minibatch; a minibatch of another shape (an
+        epoch's smaller last batch) takes the eager step. Why not a dynamic batch size: the
+        model draws its noise with ``torch.randn(..., generator=...)``, whose overload takes
+        no symbolic sizes, so a dynamic batch dimension fails to trace; a second static graph
+        would cost a second cold compile (tens of seconds) for one step an epoch. The choice
+        depends on the shape alone, so a resumed run takes the same path at every step.
+        """
+        objective = self.objective.current if isinstance(self.objective, Staged) else self.objective
+        if self.compile_step:
+            if self._compiled_shape is None:
+                self._compiled_shape = x.shape
+            if x.shape == self._compiled_shape:
+                if x.device.type == "cuda":  # CUDA graphs: a new iteration, outputs may be reused
+                    torch.compiler.cudagraph_mark_step_begin()
+                return compiled_loss_and_bound(x.device)(objective, self.model, x)
+        out = objective(self.model, x)
+        return out.loss, out.bound
 
     def training_step(self, x: Tensor | list[Tensor], batch_idx: int) -> Tensor | None:
         if not self.automatic_optimization:
             return self._several_steps(x)
-        out = self.objective(self.model, x)
+        loss, bound = self._step(x)
         if self.global_step % self.log_every_n_steps == 0:
             # Not on the progress bar: Lightning re-reads a bar value from the device at every
             # later step (.item()), a host sync per step on a GPU.
-            self.log("train/bound", out.bound.mean(), batch_size=x.shape[0])
-        return out.loss
+            self.log("train/bound", bound.mean(), batch_size=x.shape[0])
+        return loss
 
     def _several_steps(self, minibatches: list[Tensor]) -> None:
         """One optimizer step per minibatch, exactly as Lightning's automatic optimization
@@ -81,12 +151,12 @@ class IWAEModule(pl.LightningModule):
         # trainer.max_steps is refused (it would cut a batch): every minibatch is a step
         for x in minibatches:
             step = self.global_step
-            out = self.objective(self.model, x)
+            loss, bound = self._step(x)
             optimizer.zero_grad()
-            self.manual_backward(out.loss)
+            self.manual_backward(loss)
             optimizer.step()
             if step % self.log_every_n_steps == 0:
-                self._log_train_bound(out.bound.mean(), step)
+                self._log_train_bound(bound.mean(), step)
         # Lightning counts logging steps per batch ("_batches_that_stepped", checkpointed with
         # the loop); count optimizer steps, as with one step per batch, so that val/bound and
         # train/bound share one step axis.
