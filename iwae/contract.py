@@ -177,10 +177,10 @@ TOOLS: dict[str, Tool] = {
         ),
         Tool(EVALUATION, ("log_weights",), (("log_weights", "generator"),)),
         Tool(ACTIVE_UNITS, ("encoder_means",)),
-        Tool(AIS_Q, ("sample_q", "log_q", *_ANNEAL)),
-        Tool(AIS_PRIOR, ("sample_prior", "log_prior", *_ANNEAL)),
-        Tool(BDMC_Q, ("sample_joint", "sample_prior", "sample_q", "log_q", *_ANNEAL)),
-        Tool(BDMC_PRIOR, ("sample_joint", "sample_prior", "log_prior", *_ANNEAL)),
+        Tool(AIS_Q, (*_ANNEAL, "sample_q", "log_q")),
+        Tool(AIS_PRIOR, (*_ANNEAL, "sample_prior", "log_prior")),
+        Tool(BDMC_Q, (*_ANNEAL, "sample_joint", "sample_prior", "sample_q", "log_q")),
+        Tool(BDMC_PRIOR, (*_ANNEAL, "sample_joint", "sample_prior", "log_prior")),
         Tool(SAMPLE_GRID, ("sample",), optional=True),
     )
 }

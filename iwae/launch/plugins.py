@@ -200,7 +200,7 @@ FUSED_MODEL = "iwae.model.IWAEModel"
 FUSED_OBJECTIVES = tuple(f"iwae.objectives.{name}" for name in ("VAE", "IWAE", "CIWAE"))
 
 
-def check_fused_member(cfg: Any, label: str = "this run") -> None:
+def check_fused_member(cfg: Any, label: str = "this member") -> None:
     """One line, before any group of a fused sweep trains, for a member the fused step cannot
     train: a plug-in model or bound (the fused step computes this project's MLP and its VAE,
     IWAE and CIWAE bounds itself, so a subclass's own formula would be silently ignored), or
