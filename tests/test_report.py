@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from iwae.errors import UserError
 from iwae.launch.eval_checkpoint import evaluate_checkpoint
 from iwae.launch.run import train
 from iwae.reports import figures, paper
@@ -265,3 +266,60 @@ def test_report_run_joins_the_sweeps_wandb_group(tmp_path, monkeypatch):
     runs[0].config["logger"]["wandb"]["group"] = "my-sweep"  # a resolved config names it
     assert log_to_wandb(runs, root, [], {})
     assert RecordingLogger.made[-1]["group"] == "my-sweep"
+
+
+def with_model(root: Path, name: str, model: dict, choice: str | None = None) -> None:
+    """Give fake run ``name`` a Hydra config naming its network (and its model choice)."""
+    (root / name / ".hydra").mkdir()
+    (root / name / ".hydra" / "config.yaml").write_text(json.dumps({"model": model}))
+    if choice is not None:
+        metrics = json.loads((root / name / "metrics.json").read_text())
+        (root / name / "metrics.json").write_text(json.dumps({**metrics, "model": choice}))
+
+
+def test_another_network_gets_rows_of_its_own(tmp_path):
+    """One latent layer each: the MLP, model=conv and a plug-in network are three rows, never
+    one cell averaged over them."""
+    fake_run(tmp_path, "0", "iwae", 5, 99.0, [9])
+    fake_run(tmp_path, "1", "iwae", 5, 95.0, [12])
+    fake_run(tmp_path, "2", "iwae", 5, 97.0, [11])
+    with_model(
+        tmp_path, "0", {"_target_": "iwae.model.IWAEModel", "latent_dims": [50]}, "one_layer"
+    )
+    with_model(tmp_path, "1", {"_target_": "iwae.conv.ConvModel", "latent_dims": [50]}, "conv")
+    with_model(tmp_path, "2", {"_target_": "mynet.ResNetVAE", "latent_dims": [50]}, "custom")
+    report(tmp_path, checkpoints=False)
+    table = (tmp_path / "table1.md").read_text()
+    assert "| model | layers | k | IWAE |" in table
+    assert "| MLP | 1 | 5 | 99.00 ± 1.00 (9) |" in table
+    assert "| conv | 1 | 5 | 95.00 ± 1.00 (12) |" in table
+    assert "| ResNetVAE | 1 | 5 | 97.00 ± 1.00 (11) |" in table
+    assert "[n=" not in table
+    rows = {r["run_dir"]: r["architecture"] for r in read_csv(tmp_path / "table1.csv")}
+    assert rows == {"0": "", "1": "conv", "2": "ResNetVAE"}
+    assert table1_markdown(read_csv(tmp_path / "table1.csv")) == table  # redrawn from the CSV
+
+
+def test_a_refused_folder_gets_no_report_file(tmp_path):
+    """Every checkpoint is read before anything is written: one that is refused leaves the
+    folder as it was."""
+    fake_run(tmp_path, "0", "iwae", 5, 99.0, [9])
+    (tmp_path / "0" / "checkpoints").mkdir()
+    (tmp_path / "0" / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError):
+        report(tmp_path)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_figure_that_fails_is_one_line_after_the_tables(tmp_path, monkeypatch, capsys):
+    fake_run(tmp_path, "0", "iwae", 5, 99.0, [9])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no font\nmore")
+
+    monkeypatch.setattr(figures, "nll_vs_k", broken)
+    paths = report(tmp_path, checkpoints=False)
+    assert (tmp_path / "table1.md").is_file() and (tmp_path / "table1.csv").is_file()
+    assert "nll_vs_k" not in paths
+    assert "nll_vs_k.png: not drawn: RuntimeError: no font\n" in capsys.readouterr().out

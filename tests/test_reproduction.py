@@ -302,3 +302,34 @@ def test_a_finetuning_run_names_its_before_model_inside_the_study(tmp_path):
     assert (moved["before_run"], moved["before_step"]) == ("one_layer/k1/vae/seed0", 120)
     with pytest.raises(UserError, match="init_from"):
         load_points(study / "table2")  # its "before" model lies outside this study
+
+
+def test_report_checks_the_study_and_pages_before_writing_anything(tmp_path):
+    """A page without its blocks is refused before the CSVs, the page or a figure is
+    written: the study folder's CSVs stay as they were."""
+    study, out = tmp_path / "study", tmp_path / "out"
+    for i, point in enumerate(_study(np.random.default_rng(0), seeds=2, digits=5)):
+        folder = study / point["run"] / "checkpoints" / "snapshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.eval.json").write_text(json.dumps(point))
+    page = tmp_path / "page.md"
+    page.write_text("# a page without report blocks\n")
+    with pytest.raises(UserError, match="needs one '<!-- report:table1 -->'"):
+        report(study, out, page)
+    assert not out.exists() and page.read_text() == "# a page without report blocks\n"
+    report(study, out)  # the same study without the page: written
+    assert len(read_study(out)[0]) == 10 and (out / "nll_vs_steps.png").is_file()
+
+
+@pytest.mark.parametrize("where", ["empty", "missing"])
+def test_evaluate_with_nothing_to_evaluate_says_so_and_exits_2(tmp_path, capsys, where):
+    from iwae.reports.reproduction import main
+
+    folder = tmp_path / "study"
+    if where == "empty":
+        folder.mkdir()
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(folder)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "nothing to evaluate" in err and str(folder) in err and "\n" not in err

@@ -8,6 +8,8 @@ import csv
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from iwae.evaluation import active_units, bound_vs_k, format_units
 from iwae.reports import figures, paper
 from iwae.reports.files import read_json
 from iwae.reports.runs import Run, best_run, best_runs, panel, section_title, selection_basis
-from iwae.training.outputs import write_json_atomic
+from iwae.training.outputs import drawable_shape, write_json_atomic
 
 Curves = dict[str, dict[tuple[str, int], dict[int, Any]]]
 
@@ -29,7 +31,8 @@ def nll_curves(rows: list[dict[str, Any]]) -> Curves:
     cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
         title = section_title(r["data"], r["binarization"] or "")
-        cells[title][(r["objective"], r["layers"])][r["k"]].append(r)
+        line = r["objective"] + (f", {r['architecture']}" if r.get("architecture") else "")
+        cells[title][(line, r["layers"])][r["k"]].append(r)
     return {
         title: {
             line: {k: _mean_stderr(runs) for k, runs in points.items()}
@@ -52,6 +55,8 @@ def paper_curves(rows: list[dict[str, Any]]) -> Curves:
     of `nll_curves` without errors; empty for data the paper did not use."""
     curves: dict = defaultdict(lambda: defaultdict(dict))
     for r in rows:
+        if r.get("architecture"):  # the paper trained MLPs only
+            continue
         data, binarization = r["data"], r["binarization"] or ""
         value = paper.paper_value(data, binarization, r["layers"], r["objective"], r["k"])
         if value is not None:
@@ -79,36 +84,48 @@ def learning_curve_data(runs: list[Run]) -> dict[str, dict[str, tuple[list, list
 
 
 @torch.no_grad()
-def sample_grid(model, x: torch.Tensor, image_shape: tuple[int, ...], n: int = 8) -> torch.Tensor:
+def sample_grid(
+    model, x: torch.Tensor, image_shape: tuple[int, ...], n: int = 8
+) -> torch.Tensor | None:
     """``[4n, 1, H, W]``: n test images, their reconstructions (Bernoulli means of x at the
-    mean of q(h1 | x)), then 2n samples from the model."""
+    mean of q(h1 | x)), then 2n samples from the model; None for images that cannot be drawn
+    (flat rows of a length that is not square, and no ``data.image_shape``)."""
+    shape = drawable_shape(image_shape)
+    if shape is None:
+        return None
     x = x[:n]
     mean, _ = model.encoder[0](x)
     recon = torch.sigmoid(model.decoder[0](mean))
     samples = model.sample(2 * n, generator=torch.Generator(device=x.device).manual_seed(0))
-    return torch.cat([x, recon, samples]).view(-1, 1, *image_shape[-2:]).cpu()
+    return torch.cat([x, recon, samples]).view(-1, 1, *shape).cpu()
 
 
 def bound_curve(
     run: Run, ks: list[int], chunk_size: int, seed: int, loaded: Any = None
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], dict[str, Any] | None]:
     """L_k against k for ``run``: from its metrics when evaluated with eval.bound_ks, else
-    computed from its checkpoint (or the already ``loaded`` run) and cached in
-    ``bound_vs_k.json`` beside it."""
+    from the ``bound_vs_k.json`` cache beside it, else computed from its checkpoint (or the
+    already ``loaded`` run). Returns the curve and, when computed, what `write_bound_cache`
+    writes once every run has been read."""
     if run.metrics.get("test/bound_vs_k"):
-        return run.metrics["test/bound_vs_k"]
+        return run.metrics["test/bound_vs_k"], None
     cache = run.path / "bound_vs_k.json"
     if run.file(cache.name):
         saved = read_json(cache)
         if saved.get("ks") == ks and saved.get("seed") == seed:
-            return saved["curve"]
+            return saved["curve"], None
     from iwae.launch.assembly import load_run
     from iwae.launch.device import default_device
 
     loaded = loaded or load_run(run.checkpoint(), default_device())
     curve = bound_vs_k(loaded.model, loaded.test_batches(), ks, chunk_size, seed)
-    write_json_atomic(cache, {"ks": ks, "seed": seed, "chunk_size": chunk_size, "curve": curve})
-    return curve
+    return curve, {"ks": ks, "seed": seed, "chunk_size": chunk_size, "curve": curve}
+
+
+def write_bound_cache(run: Run, cache: dict[str, Any] | None) -> None:
+    """Keep a computed bound-vs-k curve beside its run (``bound_vs_k.json``)."""
+    if cache is not None:
+        write_json_atomic(run.path / "bound_vs_k.json", cache)
 
 
 def _unit_variances(run: Run, loaded: Any, test: list, panels: dict) -> None:
@@ -125,17 +142,31 @@ def _unit_variances(run: Run, loaded: Any, test: list, panels: dict) -> None:
 BASIS_WORDS = {"val": "best validation bound", "test": "lowest test NLL (no run logged val/bound)"}
 
 
-def checkpoint_figures(
+@dataclass
+class ModelFigures:
+    """What the figures of the trained models show, read from every checkpoint before any
+    file is written (a refused checkpoint leaves the folder as it was)."""
+
+    variances: dict
+    grids: dict
+    curve: list
+    title: str
+    best: Run
+    cache: dict[str, Any] | None
+
+
+def checkpoint_data(
     runs: list[Run], root: Path, ks: list[int], chunk_size: int, seed: int
-) -> dict[str, Path]:
-    """Figures that need the trained models: unit variances, samples, bound vs k (of the
-    best model by validation bound, `selection_basis`)."""
+) -> ModelFigures | None:
+    """Load every run's last checkpoint: unit variances, data / reconstructions / samples,
+    bound vs k (of the best model by validation bound, `selection_basis`); None if no run
+    kept a checkpoint."""
     from iwae.launch.assembly import load_run
     from iwae.launch.device import default_device
 
     runs = [r for r in runs if r.checkpoint() is not None]
     if not runs:
-        return {}
+        return None
     basis = selection_basis(runs)
     chosen, best = best_runs(runs, basis), best_run(runs, basis)
     if basis == "test":
@@ -144,22 +175,33 @@ def checkpoint_figures(
             "model is the one with the lowest test NLL"
         )
     variances: dict = defaultdict(dict)
-    grids, curve = {}, []
+    grids, curve, cache = {}, [], None
     for run in runs:
         loaded = load_run(run.checkpoint(), default_device())  # k=5000 curves: on the GPU
         test = loaded.test_batches()
         _unit_variances(run, loaded, test, variances)
         if run in chosen:
             title = f"{run.label}, {panel(run)}: data / reconstructions / samples"
-            grids[title] = sample_grid(loaded.model, test[0], loaded.datamodule.image_shape)
+            grid = sample_grid(loaded.model, test[0], loaded.datamodule.image_shape)
+            if grid is not None:
+                grids[title] = grid
         if run is best:
-            curve = bound_curve(best, ks, chunk_size, seed, loaded)
+            curve, cache = bound_curve(best, ks, chunk_size, seed, loaded)
     title = (
         f"{best.label}, {panel(best)} ({best.path.relative_to(root.parent)}),\n"
         f"the model with the {BASIS_WORDS[basis]}"
     )
+    return ModelFigures(variances, grids, curve, title, best, cache)
+
+
+def checkpoint_figures(data: ModelFigures, root: Path) -> dict[str, Callable[[], Path]]:
+    """The drawing of each figure of `checkpoint_data`, by name (drawn after the tables)."""
     return {
-        "unit_variances": figures.unit_variances(variances, root / "unit_variances.png"),
-        "samples_reconstructions": figures.image_grids(grids, root / "samples_reconstructions.png"),
-        "bound_vs_k": figures.bound_vs_k(curve, root / "bound_vs_k.png", title),
+        "unit_variances": lambda: figures.unit_variances(
+            data.variances, root / "unit_variances.png"
+        ),
+        "samples_reconstructions": lambda: figures.image_grids(
+            data.grids, root / "samples_reconstructions.png"
+        ),
+        "bound_vs_k": lambda: figures.bound_vs_k(data.curve, root / "bound_vs_k.png", data.title),
     }

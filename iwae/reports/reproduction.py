@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shutil
 import statistics
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,12 +47,12 @@ from iwae.reports.study_files import (
     TABLE2_CSV,
     LogP,
     merge_study,
+    page_with_blocks,
     read_study,
     read_table2,
-    write_page_blocks,
 )
 from iwae.training.checkpointing import load_checkpoint
-from iwae.training.outputs import save_figure, write_json_atomic
+from iwae.training.outputs import save_figure, write_json_atomic, write_text_atomic
 
 
 def snapshots(run_dir: Path, root: Path | None = None) -> list[Path]:
@@ -134,7 +136,17 @@ def _per_image_ll(model, x, k: int, chunk_size: int, seed: int) -> torch.Tensor:
 def evaluate_runs(run_dirs: Iterable[Path], commit: str | None = None, **kw: Any) -> None:
     """Measure every snapshot not yet measured. The commit that trained a run is its
     ``metrics.json``'s ``code/commit``, or ``commit`` for runs trained before that key existed;
-    it is also filled into measurements cached without one."""
+    it is also filled into measurements cached without one. A folder that is missing or
+    holds no snapshot is a one-line `UserError`, before any is measured."""
+    run_dirs = list(run_dirs)
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir} does not exist: nothing to evaluate")
+        if not snapshots(run_dir):
+            raise UserError(
+                f"nothing to evaluate in {run_dir}: no checkpoints/snapshots/*.ckpt (train it "
+                "with callbacks=snapshots, as experiment=reproduction_digits does)"
+            )
     for run_dir in run_dirs:
         trained = trained_by(run_dir) or commit
         for ckpt in snapshots(run_dir):
@@ -195,19 +207,34 @@ def report(
 ) -> None:
     """Append the snapshots below ``root`` to ``out``'s CSVs (a run's old rows are replaced),
     then write the figures and, with ``page``, its generated tables from the CSVs alone (with
-    ``summary``, that page's short form, e.g. the README's)."""
-    if root is not None:
-        points = load_points(root)
-        if not points:
-            raise UserError(f"no evaluated snapshots (*.eval.json) below {root}; run evaluate")
-        merge_study(out, points)
-    rows, log_p = read_study(out)
-    if not rows:
-        raise UserError(f"{out / RUNS_CSV} holds no study; give the study folder to add")
-    if page is not None:
-        write_page_blocks(page, page_blocks(out))
-    if summary is not None:
-        write_page_blocks(summary, summary_block(out))
+    ``summary``, that page's short form, e.g. the README's).
+
+    The study is merged and every page checked in a staging folder first: a refusal (no
+    snapshot, a page without its blocks) leaves ``out`` and the pages as they were.
+    """
+    points = load_points(root) if root is not None else []
+    if root is not None and not points:
+        raise UserError(f"no evaluated snapshots (*.eval.json) below {root}; run evaluate")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        for name in STUDY_FILES:
+            if regular_file_inside(out / name, out):
+                shutil.copyfile(out / name, staged / name)
+        if points:
+            merge_study(staged, points)
+        rows, log_p = read_study(staged)
+        if not rows:
+            raise UserError(f"{out / RUNS_CSV} holds no study; give the study folder to add")
+        pages: dict[Path, str] = {}
+        for target, blocks in ((page, page_blocks), (summary, summary_block)):
+            if target is not None:
+                pages[target] = page_with_blocks(target, blocks(staged), pages.get(target))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in STUDY_FILES:  # everything checked: now the study, then the pages
+            if (staged / name).is_file():
+                write_text_atomic(out / name, (staged / name).read_text())
+    for target, text in pages.items():
+        write_text_atomic(target, text)
     _figures(rows, log_p, out)
     table2 = read_table2(out)
     if table2:
@@ -216,6 +243,9 @@ def report(
         f"wrote {out}/{{{RUNS_CSV},{TABLE2_CSV},{LOG_P_CSV},*.png}}"
         + "".join(f" and {p}" for p in (page, summary) if p)
     )
+
+
+STUDY_FILES = (RUNS_CSV, TABLE2_CSV, LOG_P_CSV)
 
 
 def page_blocks(out: Path) -> dict[str, str]:

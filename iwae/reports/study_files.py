@@ -146,9 +146,10 @@ def page_block(name: str, text: str) -> str:
     return f"<!-- report:{name} -->\n{text.strip()}\n<!-- /report:{name} -->"
 
 
-def write_page_blocks(page: Path, blocks: dict[str, str]) -> None:
-    """Replace each ``<!-- report:NAME -->...<!-- /report:NAME -->`` block of ``page``."""
-    text = page.read_text()
+def page_with_blocks(page: Path, blocks: dict[str, str], text: str | None = None) -> str:
+    """``page``'s text (or ``text``) with each ``<!-- report:NAME -->...<!-- /report:NAME -->``
+    block replaced; a one-line `UserError` if a block is missing, before anything is written."""
+    text = page.read_text() if text is None else text
     for name, body in blocks.items():
         start, end = f"<!-- report:{name} -->", f"<!-- /report:{name} -->"
         if text.count(start) != 1 or text.count(end) != 1:
@@ -158,4 +159,9 @@ def write_page_blocks(page: Path, blocks: dict[str, str]) -> None:
         head, rest = text.split(start)
         _, tail = rest.split(end)
         text = head + page_block(name, body) + tail
-    write_text_atomic(page, text)
+    return text
+
+
+def write_page_blocks(page: Path, blocks: dict[str, str]) -> None:
+    """Replace each ``<!-- report:NAME -->...<!-- /report:NAME -->`` block of ``page``."""
+    write_text_atomic(page, page_with_blocks(page, blocks))

@@ -21,6 +21,8 @@ runs' group.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import math
 import statistics
 from collections import defaultdict
@@ -30,15 +32,22 @@ from typing import Any
 from iwae.errors import UserError, exit_on_user_error
 from iwae.evaluation import BOUND_KS
 from iwae.reports import figures, html, paper
-from iwae.reports.curves import checkpoint_figures, learning_curve_data, nll_curves, paper_curves
+from iwae.reports.curves import (
+    checkpoint_data,
+    checkpoint_figures,
+    learning_curve_data,
+    nll_curves,
+    paper_curves,
+    write_bound_cache,
+)
 from iwae.reports.runs import (
+    CSV_FIELDS,
     Run,
     best_runs,
     csv_rows,
     find_runs,
     objective_columns,
     panel,
-    write_csv,
 )
 from iwae.reports.wandb_report import log_to_wandb
 from iwae.training.outputs import write_text_atomic
@@ -81,6 +90,7 @@ def _paperobjectives(rows: list[dict[str, Any]], data: str, binarization: str) -
             paper.paper_value(data, binarization, r["layers"], o, r["k"])
             for r in rows
             if (r["data"], r["binarization"] or "") == (data, binarization)
+            and not r.get("architecture")
         )
     ]
 
@@ -91,7 +101,10 @@ def table1_markdown(rows: list[dict[str, Any]]) -> str:
     and the paper's numbers beside where the data is one the paper used."""
     cells: dict[tuple, list] = defaultdict(list)
     for r in rows:
-        cells[(r["data"], r["binarization"] or "", r["layers"], r["k"], r["objective"])].append(r)
+        net = r.get("architecture") or ""
+        cells[
+            (r["data"], r["binarization"] or "", net, r["layers"], r["k"], r["objective"])
+        ].append(r)
     objectives = objective_columns(rows)
     eval_ks = sorted({r["eval_k"] for r in rows})
     images = sorted({r["test_images"] for r in rows})
@@ -106,25 +119,30 @@ def table1_markdown(rows: list[dict[str, Any]]) -> str:
         published = _paperobjectives(rows, data, binarization)
         lines += ["", f"**{data}**" + (f", {binarization} binarization" if binarization else "")]
         lines.append("")
-        header = [o.upper() for o in objectives] + [f"{o.upper()} (paper)" for o in published]
-        lines.append("| layers | k | " + " | ".join(header) + " |")
-        lines.append("|---|---|" + "---|" * len(header))
         section = {
-            (r["layers"], r["k"])
+            (r.get("architecture") or "", r["layers"], r["k"])
             for r in rows
             if (r["data"], r["binarization"] or "") == (data, binarization)
         }
-        for layers, k in sorted(section):
-            row = [_cell(cells[(data, binarization, layers, k, o)]) for o in objectives]
+        # Another network than the paper's MLP gets rows of its own, named in a first column.
+        named = any(net for net, _, _ in section)
+        header = [o.upper() for o in objectives] + [f"{o.upper()} (paper)" for o in published]
+        lines.append("| " + "model | " * named + "layers | k | " + " | ".join(header) + " |")
+        lines.append("|---|---|" + "---|" * (len(header) + named))
+        for net, layers, k in sorted(section):
+            row = [_cell(cells[(data, binarization, net, layers, k, o)]) for o in objectives]
             row += [
-                _paper_cell(paper.paper_value(data, binarization, layers, o, k)) for o in published
+                "" if net else _paper_cell(paper.paper_value(data, binarization, layers, o, k))
+                for o in published
             ]
-            lines.append(f"| {layers} | {k} | " + " | ".join(row) + " |")
+            first = f"| {net or 'MLP'} " * named
+            lines.append(f"{first}| {layers} | {k} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
 NO_CSV_LOG = "not drawn: no run has a CSV log (logger=csv or 'logger=[csv,wandb]')"
 NO_CHECKPOINT = "not drawn: no run has checkpoints/last.ckpt"
+NO_IMAGE_SHAPE = "not drawn: the images are flat rows of no square length (give data.image_shape)"
 
 
 def report(
@@ -137,6 +155,10 @@ def report(
     """Write ``table1.md``, ``table1.csv``, the figures and ``report.html`` into ``root``;
     return their paths. Print one line for each figure not drawn, saying why.
 
+    Everything is read and checked first (every metrics.json, log and checkpoint): a folder
+    that is refused gets no file. Then the tables, then the figures, each optional (one that
+    fails is a printed line).
+
     ``ks``: the k of the bound-vs-k figure (default 1, 5, 50, 500, 5000); ``checkpoints=False``
     draws only what metrics.json and the CSV logs hold (no model is loaded).
     """
@@ -144,24 +166,39 @@ def report(
     runs = find_runs(root)
     if not runs:
         raise UserError(f"no metrics.json with test/nll under {root}")
-    rows = csv_rows(runs, root)
-    paths = {"table1_csv": write_csv(rows, root / "table1.csv")}
+    rows = table_rows(runs, root)
     table = table1_markdown(rows)
-    paths["table1_md"] = root / "table1.md"
-    write_text_atomic(paths["table1_md"], table)
-    paths["nll_vs_k"] = figures.nll_vs_k(
-        nll_curves(rows), root / "nll_vs_k.png", paper_curves(rows)
-    )
-    notes = {}
     curves = learning_curve_data(runs)
+    models = (
+        checkpoint_data(runs, root, list(ks or BOUND_KS), chunk_size, seed) if checkpoints else None
+    )
+    paths = {"table1_csv": write_rows(rows, root / "table1.csv"), "table1_md": root / "table1.md"}
+    write_text_atomic(paths["table1_md"], table)
+    drawings = {
+        "nll_vs_k": lambda: figures.nll_vs_k(
+            nll_curves(rows), root / "nll_vs_k.png", paper_curves(rows)
+        )
+    }
+    notes = {}
     if curves:
-        paths["learning_curves"] = figures.learning_curves(curves, root / "learning_curves.png")
+        drawings["learning_curves"] = lambda: figures.learning_curves(
+            curves, root / "learning_curves.png"
+        )
     else:
         notes["learning_curves"] = NO_CSV_LOG
-    if checkpoints:
-        paths.update(checkpoint_figures(runs, root, list(ks or BOUND_KS), chunk_size, seed))
+    if models is not None:
+        write_bound_cache(models.best, models.cache)
+        drawings.update(checkpoint_figures(models, root))
+        if not models.grids:
+            del drawings["samples_reconstructions"]
+            notes["samples_reconstructions"] = NO_IMAGE_SHAPE
+    for name, draw in drawings.items():
+        try:
+            paths[name] = draw()
+        except Exception as err:  # noqa: BLE001 (a figure is optional: the tables are written)
+            notes[name] = f"not drawn: {type(err).__name__}: {err}".splitlines()[0]
     for name in ("bound_vs_k", "unit_variances", "samples_reconstructions"):
-        if name not in paths:
+        if name not in paths and name not in notes:
             notes[name] = NO_CHECKPOINT if checkpoints else "not drawn: --no-checkpoints"
     for name, why in notes.items():
         print(f"{name}.png: {why}")
@@ -169,6 +206,40 @@ def report(
     paths["report_html"] = html.write_report(root, table, figures_only, notes, sample_pngs(runs))
     log_to_wandb(runs, root, rows, figures_only)
     return paths
+
+
+MLP = "iwae.model.IWAEModel"
+TABLE_FIELDS = (*CSV_FIELDS[:3], "architecture", *CSV_FIELDS[3:])
+
+
+def architecture(run: Run) -> str:
+    """The network of a run that is not the paper's MLP (`MLP`): its model config choice
+    (``conv``), else its class name (a plug-in's); "" for the MLP, whose rows are the paper's
+    one- and two-layer rows."""
+    target = (run.config.get("model") or {}).get("_target_")
+    if target in (None, MLP):
+        return ""
+    choice = run.metrics.get("model")
+    if choice and choice not in ("custom", "one_layer", "two_layer"):
+        return str(choice)
+    return str(target).rsplit(".", 1)[-1]
+
+
+def table_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
+    """`csv_rows` with each run's `architecture`."""
+    return [
+        dict(row, architecture=architecture(run)) for row, run in zip(csv_rows(runs, root), runs)
+    ]
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
+    """``table1.csv`` with the `architecture` column, written as metrics.json is."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=TABLE_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
+    return path
 
 
 def sample_pngs(runs: list[Run], most: int = 12) -> dict[str, Path]:
