@@ -110,7 +110,8 @@ def test_a_resume_on_a_rewritten_data_file_is_refused(tmp_path: Path) -> None:
     "ks, expected",
     [
         ("5,0", "k=0): k must be an integer >= 1, got 0"),
-        ("5,1000000000", "k=1000000000): one training step at k=1000000000"),
+        ("5,900000", "k=900000): one training step at k=900000"),
+        ("5,1000000000", "k=1000000000): k=1000000000 is above its limit of 1,000,000"),
     ],
 )
 def test_every_member_is_checked_before_any_group_trains(
@@ -120,6 +121,18 @@ def test_every_member_is_checked_before_any_group_trains(
     line = _one_line(_sweep([f"k={ks}"], sweep, check=False))
     assert not list(sweep.rglob("metrics.json")) and not list(sweep.rglob("*.ckpt"))
     assert line.startswith("error: job 1 (") and expected in line  # names the member
+
+
+def test_compile_is_refused_before_any_group_trains(tmp_path: Path) -> None:
+    """The fused step is not the Lightning step that compile=true compiles: the second
+    member's compile=true stops the sweep before the first member's group trains."""
+    sweep = tmp_path / "sweep"
+    line = _one_line(_sweep(["k=5", "compile=false,true"], sweep, check=False))
+    assert line.startswith("error: hydra/launcher=fused does not compile its stacked training")
+    assert "job 1 (" in line and line.endswith(
+        "sets compile=true: drop it, or use the default launcher for compiled runs"
+    )
+    assert not list(sweep.rglob("metrics.json")) and not list(sweep.rglob("*.ckpt"))
 
 
 # --- one process per sweep directory -------------------------------------------------------------

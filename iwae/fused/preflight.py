@@ -43,6 +43,7 @@ def check_members(members: list[Member]) -> dict[int, str | None]:
     """
     hashes: dict[int, str | None] = {}
     for member in members:
+        check_not_compiled(member)
         check_member(member)
         try:
             training_device(member.cfg.trainer.get("accelerator", "auto"))
@@ -52,6 +53,18 @@ def check_members(members: list[Member]) -> dict[int, str | None]:
             raise UserError(f"{member.label}: {err}") from None
         hashes[member.job] = getattr(datamodule, "data_sha256", None)
     return hashes
+
+
+def check_not_compiled(member: Member) -> None:
+    """``compile=true`` compiles a single run's Lightning training step; a fused group trains
+    with its own stacked step (`iwae.fused.group`), which nothing compiles. Refused, so that
+    a member never reads as compiled when it was not."""
+    if member.cfg.get("compile", False) is not False:
+        raise UserError(
+            f"hydra/launcher=fused does not compile its stacked training step; "
+            f"{member.label} sets compile=true: drop it, or use the default launcher for "
+            "compiled runs"
+        )
 
 
 def check_resume(group: list[Member], checkpoint_path: Path, hashes: dict[int, str | None]) -> None:
