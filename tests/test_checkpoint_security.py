@@ -33,6 +33,7 @@ from tests.helpers import (
     run_train,
     save_untrained_checkpoint,
 )
+from tests.test_plugins import plugin_dir  # noqa: F401 - the fixture
 
 MARKER_NAME = "pwned"
 
@@ -288,3 +289,66 @@ def test_allow_list_covers_every_target_in_conf_and_each_is_importable():
     for group in GROUPS:
         for target in ALLOWED_TARGETS[group]:
             get_class(target)
+
+
+# --- plug-ins: trusted by the command, never by the checkpoint ----------------------------------
+def _with_objective(genuine: dict, tmp_path: Path, objective: dict, **extra) -> Path:
+    """``genuine`` with its stored objective replaced, and top-level ``extra`` keys stored."""
+    config = {**genuine["iwae_config"], "objective": objective, **extra}
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(exist_ok=True)
+    torch.save({**genuine, "iwae_config": config}, path)
+    return path
+
+
+def test_a_plug_in_is_rebuilt_only_when_this_command_trusts_it(
+    genuine,
+    plugin_dir,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    from tests.test_plugins import BOUND, MODULE
+
+    monkeypatch.delenv("IWAE_PLUGINS", raising=False)
+    bound = {"_target_": BOUND, "k": 5, "estimator": "reparam", "temperature": 0.5}
+    path = _with_objective(genuine, tmp_path, bound, plugins=[MODULE])  # stored: ignored
+    with pytest.raises(UserError, match=r"^refused to rebuild .*last\.ckpt: ") as err:
+        load_run(path)
+    assert str(err.value).endswith(
+        f"add plugins=[{MODULE}] or set IWAE_PLUGINS={MODULE} if you trust that module"
+    )
+    assert load_run(path, plugins=[MODULE]).config.objective.temperature == 0.5
+    monkeypatch.setenv("IWAE_PLUGINS", MODULE)
+    assert load_run(path).config.objective._target_ == BOUND
+
+
+DEFINED_ELSEWHERE = "not a class or function defined in the trusted module userbound"
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("userbound_evil.Evil", "add plugins=[userbound_evil]"),  # the trusted one's neighbour
+        ("userbound.os.system", DEFINED_ELSEWHERE),  # an attribute the module imported
+        ("userbound.Path", DEFINED_ELSEWHERE),  # a class imported there, defined elsewhere
+        ("userbound.__builtins__.open", "no name with a part starting with _"),
+        ("userbound.TemperedIWAE.__init__", "no name with a part starting with _"),
+    ],
+)
+def test_trusting_a_module_trusts_nothing_beside_it(
+    target,
+    why,
+    genuine,
+    plugin_dir,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    from tests.test_plugins import MODULE
+
+    monkeypatch.setenv("IWAE_PLUGINS", MODULE)
+    marker = tmp_path / "neighbour-ran"
+    path = _with_objective(genuine, tmp_path, {"_target_": target, "marker": str(marker)})
+    with pytest.raises(UserError, match=r"^refused to rebuild .*: objective\._target_ names") as e:
+        load_run(path)
+    assert why in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
