@@ -128,12 +128,12 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.eval.get("per_image", False):
         write_per_image(output_dir / PER_IMAGE_CSV, per_image)
+    write_json_atomic(output_dir / "metrics.json", metrics)  # the result before any media
     skipped = optional_missing(run.model)  # a plug-in model may draw no samples
     if skipped:
         log.warning(skipped)
     else:
         save_sample_grid(run.model, run.datamodule.image_shape, output_dir / "samples.png")
-    write_json_atomic(output_dir / "metrics.json", metrics)
     print(format_results(metrics, output_dir, time.perf_counter() - started))
     return metrics
 
