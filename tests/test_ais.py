@@ -189,3 +189,22 @@ def test_bad_bdmc_and_per_image_values_get_one_line():
     with pytest.raises(UserError, match="eval.per_image is for mode=eval"):
         check_eval_values(node, mode="train")
     check_eval_values(node, mode="eval")  # and accepted where it applies
+
+
+def test_the_documented_ais_speed_is_the_committed_measurement():
+    """docs/evaluation.md's AIS speed table is benchmarks/results/ais_cpu.json, row for row."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    measured = json.loads((root / "benchmarks" / "results" / "ais_cpu.json").read_text())
+    page = (root / "docs" / "evaluation.md").read_text().split("**AIS speed**")[1]
+    documented = [line for line in page.splitlines() if line.startswith("| ") and "---" not in line]
+    expected = [
+        f"| {row['images']} | {row['images_per_s']:.2f} | {row['seconds']:.3g} |"
+        for row in measured["rows"]
+    ]
+    assert documented[1:] == expected
+    assert len({row["images"] for row in measured["rows"]}) > 1  # how speed depends on it
+    load = measured["machine"]["load_average_1m"]
+    assert f"load average {load:.1f}" in page and "one thread" in page

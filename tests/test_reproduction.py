@@ -333,3 +333,23 @@ def test_evaluate_with_nothing_to_evaluate_says_so_and_exits_2(tmp_path, capsys,
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "nothing to evaluate" in err and str(folder) in err and "\n" not in err
+
+
+# A row of each measured table in the docs whose data file is not committed: its section must
+# say that it is a one-off measurement (the command, date, commit and machine are beside it).
+ONE_OFF = {
+    "evaluation.md": ["| test NLL, IS k=5000, 500 digits | 104.83", "| 101.13 ± 1.27 |"],
+    "binarization.md": ["| fashion_mnist | dynamic |"],
+    "objectives.md": ["| iwae k=50 | 124.59 ± 1.52 |", "| 1 | 0.506 | 0.695 |"],
+}
+
+
+@pytest.mark.parametrize("doc", sorted(ONE_OFF))
+def test_measured_tables_without_a_data_file_say_they_are_one_off(doc):
+    import re
+
+    sections = re.split(r"\n(?=#{2,6} )", (ROOT / "docs" / doc).read_text())  # by heading
+    for row in ONE_OFF[doc]:
+        [section] = [s for s in sections if row in s]
+        assert "one-off measurement" in " ".join(section.lower().split()), (doc, row)
+        assert "commit `" in section and "2-core" in section, (doc, row)
