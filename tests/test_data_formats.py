@@ -213,12 +213,14 @@ def test_npz_that_is_text_or_holds_objects_never_suggests_unsafe_loading(tmp_pat
 # --- mode=eval scores the bytes a run was trained on ------------------------------------------
 @pytest.fixture
 def npz_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
-    """A one-epoch run on ``images.npz`` given by a relative path; (checkpoint, data file)."""
+    """A one-epoch run on ``images.npz`` given by a relative path; (checkpoint, data file).
+    The file lies in the run's own directory: a rebuild opens a stored path only there or in
+    the machine's data directory."""
     from iwae.launch.run import train
 
     rng = np.random.default_rng(0)
-    data = tmp_path / "trained_here"
-    data.mkdir()
+    data = tmp_path / "run" / "trained_here"
+    data.mkdir(parents=True)
     np.savez(data / "images.npz", all=rng.random((300, 6, 6), dtype=np.float32))
     monkeypatch.chdir(data)
     overrides = [*TINY, "logger=none", "data=npz", "data.path=images.npz", "eval.enabled=false"]
