@@ -14,6 +14,7 @@ from iwae.ais import AISSettings, ais_log_likelihood, bdmc_bounds, evaluate_ais
 from iwae.bounds import iwae_bound
 from iwae.errors import UserError
 from iwae.launch.config_check import check_eval_values
+from iwae.launch.value_checks import check_choices
 from iwae.model import IWAEModel
 from tests.helpers import binary_images
 from tests.test_foundation_bounds import ALL_X, exact_log_px, tiny_model
@@ -176,8 +177,9 @@ def test_bad_ais_values_get_one_line(case):
     node = OmegaConf.create(
         {"k": 5, "chunk_size": 5, "enabled": True, "ais": {**ais_node, **change}}
     )
-    with pytest.raises(UserError) as err:
+    with pytest.raises(UserError) as err:  # the counts and numbers, then the named choices
         check_eval_values(node, mode="eval")
+        check_choices(OmegaConf.create({"eval": node}))
     assert expected in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
