@@ -63,9 +63,13 @@ def flat_npz(folder, d: int = 36):
 
 
 def test_a_run_on_flat_rows_writes_its_result_first_then_draws_samples(tmp_path, monkeypatch):
+    """Training, then ``mode=eval`` of its checkpoint: both write metrics.json and draw the
+    flat 36-value rows as 6 x 6 images."""
     from iwae.launch import run
+    from iwae.launch.eval_checkpoint import evaluate_checkpoint
 
-    data = flat_npz(tmp_path)
+    (tmp_path / "run").mkdir()
+    data = flat_npz(tmp_path / "run")  # in the run's own directory: mode=eval may open it
     seen = []
 
     def grid_after_result(model, image_shape, path, *args, **kwargs):
@@ -78,6 +82,11 @@ def test_a_run_on_flat_rows_writes_its_result_first_then_draws_samples(tmp_path,
     assert seen == [True]  # metrics.json was on disk before the grid was drawn
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/nll"] > 0
     assert grid_size(tmp_path / "run" / "samples.png") == (8 * (6 + 2) + 2,) * 2
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    overrides = ["logger=none", "mode=eval", f"ckpt_path={ckpt}", "eval.k=5", "eval.val_k=2"]
+    evaluate_checkpoint(compose_config(overrides, tmp_path / "eval"), tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/nll"] > 0
+    assert grid_size(tmp_path / "eval" / "samples.png") == (8 * (6 + 2) + 2,) * 2
 
 
 def test_image_shape_must_hold_the_rows_pixels(tmp_path):
