@@ -58,6 +58,7 @@ class FusedObjective:
         self.beta = torch.tensor(betas, device=device).view(-1, 1, 1)
         self.log_k = torch.log(ks.double()).float().view(-1, 1)
         self.vae_weight = self.valid / ks.view(-1, 1, 1)  # [M, K, 1]: 1/k on the valid rows
+        self.k_float = ks.view(-1, 1).float()
         self.padded = any(k < self.k_max for k in self.ks)
         self.pure = all(b in (0.0, 1.0) for b in betas)
 
@@ -68,10 +69,19 @@ class FusedObjective:
             detached = detached.masked_fill(~self.valid, -math.inf)
             log_w = log_w.masked_fill(~self.valid, 0.0)
         iwae_w = torch.softmax(detached, dim=1)  # normalised weights w~, held constant
-        weights = torch.lerp(iwae_w, self.vae_weight.expand_as(iwae_w), self.beta)
-        surrogate = (weights * log_w).sum(1)  # [M, B]: eq. 13's sum_i w~_i log w_i for IWAE
+        if self.pure:
+            # A VAE member's surrogate as `iwae.bounds.elbo` forms it, a sum divided by k: its
+            # gradient 1/k then rounds as a separate run's does (times 1/k rounds otherwise).
+            surrogate = torch.where(
+                self.beta.view(-1, 1) == 1.0,
+                log_w.sum(1) / self.k_float,
+                (iwae_w * log_w).sum(1),  # [M, B]: eq. 13's sum_i w~_i log w_i
+            )
+        else:
+            weights = torch.lerp(iwae_w, self.vae_weight.expand_as(iwae_w), self.beta)
+            surrogate = (weights * log_w).sum(1)
         iwae_bound = torch.logsumexp(detached, dim=1) - self.log_k
-        elbo = (detached.masked_fill(~self.valid, 0.0) * self.vae_weight).sum(1)
+        elbo = detached.masked_fill(~self.valid, 0.0).sum(1) / self.k_float  # as its mean(0)
         beta = self.beta.view(-1, 1)
         if self.pure:  # exactly one of the two: 0 * (-inf) must not turn a VAE bound into NaN
             bound = torch.where(beta == 1.0, elbo, iwae_bound)
