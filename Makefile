@@ -1,6 +1,9 @@
 # Two entry points a new user needs: `make quickstart` and `make test`.
 # Both create .venv if it is missing and install the project into it (editable).
+# On a machine busy with other work: `make quickstart THREADS=1` (torch threads for the run;
+# empty: the run's default, one per core).
 VENV ?= .venv
+THREADS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	$(PY) train.py experiment=quickstart
+	$(PY) train.py experiment=quickstart $(if $(THREADS),threads=$(THREADS))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
