@@ -105,7 +105,11 @@ def may_change(key: str, stored: Any, new: Any) -> bool:
 MISSING = "<absent>"
 # Keys added after runs were already being trained, with the value that reproduces what a run
 # without them did: a checkpoint that lacks one resumes with that value, and only with it.
-BEFORE_THE_KEY = {"steps_per_batch": 1, "flush_denormal": False}
+BEFORE_THE_KEY = {
+    "steps_per_batch": 1,
+    "flush_denormal": False,
+    "data.image_shape": None,  # data=npz/folder: the shape the file's arrays give
+}
 
 
 def refused_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
