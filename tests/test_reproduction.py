@@ -304,14 +304,20 @@ def test_a_finetuning_run_names_its_before_model_inside_the_study(tmp_path):
         load_points(study / "table2")  # its "before" model lies outside this study
 
 
-def test_report_checks_the_study_and_pages_before_writing_anything(tmp_path):
-    """A page without its blocks is refused before the CSVs, the page or a figure is
-    written: the study folder's CSVs stay as they were."""
-    study, out = tmp_path / "study", tmp_path / "out"
+def evaluated_study(tmp_path):
+    """A study folder of evaluated snapshots (``*.eval.json``), as `evaluate_runs` leaves it."""
+    study = tmp_path / "study"
     for i, point in enumerate(_study(np.random.default_rng(0), seeds=2, digits=5)):
         folder = study / point["run"] / "checkpoints" / "snapshots"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{i}.eval.json").write_text(json.dumps(point))
+    return study
+
+
+def test_report_checks_the_study_and_pages_before_writing_anything(tmp_path):
+    """A page without its blocks is refused before the CSVs, the page or a figure is
+    written: the study folder's CSVs stay as they were."""
+    study, out = evaluated_study(tmp_path), tmp_path / "out"
     page = tmp_path / "page.md"
     page.write_text("# a page without report blocks\n")
     with pytest.raises(UserError, match="needs one '<!-- report:table1 -->'"):
@@ -353,3 +359,19 @@ def test_measured_tables_without_a_data_file_say_they_are_one_off(doc):
         [section] = [s for s in sections if row in s]
         assert "one-off measurement" in " ".join(section.lower().split()), (doc, row)
         assert "commit `" in section and "2-core" in section, (doc, row)
+
+
+def test_a_figure_that_fails_costs_no_study_file(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from iwae.reports import reproduction
+
+    def broken(*args):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(reproduction, "_figures", broken)
+    caplog.set_level(logging.WARNING)
+    report(evaluated_study(tmp_path), tmp_path / "out")
+    assert len(read_study(tmp_path / "out")[0]) == 10
+    [warning] = caplog.records
+    assert warning.getMessage().endswith("RuntimeError: no display")

@@ -81,10 +81,10 @@ def test_wandb_skips_the_steps_the_earlier_process_logged(tmp_path, monkeypatch)
         sent.append((step, tuple(sorted(metrics))))
 
     monkeypatch.setattr(loggers.pl_loggers.WandbLogger, "log_metrics", record)
-    first = loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="iwae")
+    first = loggers.WandbLogger(save_dir=str(tmp_path), offline=True, id="run1", project="iwae")
     first.log_metrics({"train/bound": -1.0}, step=8)
     first.log_metrics({"train/bound": -2.0}, step=14)  # the process is killed here
-    resumed = loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="iwae")
+    resumed = loggers.WandbLogger(save_dir=str(tmp_path), offline=True, id="run1", project="iwae")
     resumed.log_metrics({"train/bound": -2.0}, step=14)  # after the step-12 checkpoint
     resumed.log_metrics({"val/bound": -3.0}, step=14)  # not yet logged at that step
     resumed.log_metrics({"train/bound": -4.0}, step=17)
@@ -94,6 +94,9 @@ def test_wandb_skips_the_steps_the_earlier_process_logged(tmp_path, monkeypatch)
         (14, ("val/bound",)),
         (17, ("train/bound",)),
     ]
+    other = loggers.WandbLogger(save_dir=str(tmp_path), offline=True, id="run2", project="iwae")
+    other.log_metrics({"train/bound": -1.0}, step=8)  # another run id: its own history
+    assert sent[-1] == (8, ("train/bound",))
 
 
 def test_logged_steps_tell_what_a_store_holds():

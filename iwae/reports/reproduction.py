@@ -52,7 +52,12 @@ from iwae.reports.study_files import (
     read_table2,
 )
 from iwae.training.checkpointing import load_checkpoint
-from iwae.training.outputs import save_figure, write_json_atomic, write_text_atomic
+from iwae.training.outputs import (
+    optional_artefact,
+    save_figure,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def snapshots(run_dir: Path, root: Path | None = None) -> list[Path]:
@@ -235,10 +240,11 @@ def report(
                 write_text_atomic(out / name, (staged / name).read_text())
     for target, text in pages.items():
         write_text_atomic(target, text)
-    _figures(rows, log_p, out)
+    # The figures are optional: one that cannot be drawn is a warning line, the CSVs stand.
+    optional_artefact(f"figures in {out}", lambda: _figures(rows, log_p, out))
     table2 = read_table2(out)
     if table2:
-        _table2_figure(rows, table2, out)
+        optional_artefact(f"{out / 'table2.png'}", lambda: _table2_figure(rows, table2, out))
     print(
         f"wrote {out}/{{{RUNS_CSV},{TABLE2_CSV},{LOG_P_CSV},*.png}}"
         + "".join(f" and {p}" for p in (page, summary) if p)

@@ -119,29 +119,33 @@ class _LoggedSteps:
 class WandbLogger(pl_loggers.WandbLogger):
     """Lightning's W&B logger without the ``anonymous=None`` it always hands ``wandb.init``,
     which makes W&B print "The anonymous setting has no effect" on every run, and which logs
-    no step twice across a resume: a run (``id``, ``resume: allow``) continues in W&B, and the
-    steps the earlier process logged (``wandb/logged_step.json``) are not logged again.
-    Everything else is Lightning's (``tests/test_private_api.py`` checks the ``_wandb_init``
-    it keeps)."""
-
-    STEPS_FILE = "logged_step.json"
+    no step twice across a resume: a run with an ``id`` (``resume: allow``) continues in W&B,
+    and the steps an earlier process logged to that id (``wandb/logged_steps-<id>.json``) are
+    not logged again. Everything else is Lightning's (``tests/test_private_api.py`` checks
+    the ``_wandb_init`` it keeps)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
-        self._steps_file = Path(self._save_dir or ".") / "wandb" / self.STEPS_FILE
-        try:
-            stored = json.loads(self._steps_file.read_text())
-            self._logged = _LoggedSteps(int(stored["step"]), stored["keys"])
-        except (OSError, ValueError, KeyError, TypeError):
-            self._logged = _LoggedSteps()
+        run_id = self._wandb_init.get("id")  # without one, each process is a run of its own
+        self._steps_file = None
+        self._logged = _LoggedSteps()
+        if run_id and self._save_dir:
+            self._steps_file = Path(self._save_dir) / "wandb" / f"logged_steps-{run_id}.json"
+            try:
+                stored = json.loads(self._steps_file.read_text())
+                self._logged = _LoggedSteps(int(stored["step"]), stored["keys"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # none yet (a first start), or unreadable: log everything
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self._logged.seen(step, metrics):
             return
         super().log_metrics(metrics, step)
+        if self._steps_file is None:
+            return
         self._logged.add(step, metrics)
         record = json.dumps({"step": self._logged.step, "keys": sorted(self._logged.keys)})
         write_bytes_atomic(self._steps_file, lambda f: f.write(record.encode()))
