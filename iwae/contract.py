@@ -147,6 +147,15 @@ class TrainingObjectiveContract(Protocol):
         ...
 
 
+# --- the data module ------------------------------------------------------------------------------
+DATA_MODULE_NEEDS = ("prepare", "setup", "test_dataloader", "input_dim", "image_shape", "name")
+"""A data module is a subclass of ``datamodules.base.BinarizedDataModule`` that implements
+``load_splits() -> DataSplits`` (three float tensors of values in [0, 1], ``[N, H, W]`` or
+``[N, D]``); the base class binarizes, batches and checkpoints them, and gives what the tools
+read (`DATA_MODULE_NEEDS`, ``train_pixel_mean``, ``binarization``, ``splits``). Its ``name``
+is the ``data`` column of the reports."""
+
+
 # --- the tools ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tool:
