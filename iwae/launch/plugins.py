@@ -169,10 +169,14 @@ def _targets(node: Any, where: str) -> Iterable[tuple[str, Any]]:
 def check_run_targets(config: Any, modules: Sequence[str]) -> None:
     """One line for a model, objective, data, schedule or optimizer ``_target_`` of a run
     config that is outside this project and not in a trusted module."""
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if isinstance(config, DictConfig):  # only the groups: the rest may need Hydra's runtime
-        config = {g: OmegaConf.to_container(config[g]) for g in REBUILT_GROUPS if g in config}
+        nodes = {g: config.get(g) for g in REBUILT_GROUPS}
+        config = {
+            g: OmegaConf.to_container(v) if isinstance(v, DictConfig | ListConfig) else v
+            for g, v in nodes.items()
+        }
     for group in REBUILT_GROUPS:
         for place, target in _targets(config.get(group), group):
             top = str(target).split(".", 1)[0]
