@@ -107,3 +107,43 @@ def test_logged_steps_tell_what_a_store_holds():
     assert steps.seen(2, {"c": 1}) and steps.seen(3, {"a": 1})
     assert not steps.seen(3, {"a": 1, "b": 1}) and not steps.seen(4, {"a": 1})
     assert not steps.seen(None, {"a": 1})
+
+
+def test_mlflow_continues_the_stores_run_and_skips_its_steps(monkeypatch):
+    """MLflow's store in the run directory holds this run only: a resumed process continues
+    its latest run and logs only what it lacks (a fake client: MLflow is an extra)."""
+    import sys
+    import types
+    from types import SimpleNamespace as Record
+
+    history = {"train/bound": [2, 14], "val/bound": [9]}
+
+    class Client:
+        def __init__(self, tracking_uri):
+            self.uri = tracking_uri
+
+        def get_experiment_by_name(self, name):
+            return Record(experiment_id="1") if name == "iwae" else None
+
+        def search_runs(self, experiment_ids, order_by, max_results):
+            return [Record(info=Record(run_id="r1"), data=Record(metrics=dict.fromkeys(history)))]
+
+        def get_metric_history(self, run_id, key):
+            return [Record(step=step) for step in history[key]]
+
+    tracking = types.ModuleType("mlflow.tracking")
+    tracking.MlflowClient = Client
+    monkeypatch.setitem(sys.modules, "mlflow", types.ModuleType("mlflow"))
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", tracking)
+    sent = []
+    monkeypatch.setattr(
+        loggers.pl_loggers.MLFlowLogger, "log_metrics", lambda self, m, step=None: sent.append(step)
+    )
+    logger = loggers.MLFlowLogger.__new__(loggers.MLFlowLogger)
+    logger._logged = loggers._LoggedSteps()
+    assert logger._earlier_run("file:/run/mlruns", "other") is None
+    assert logger._earlier_run("file:/run/mlruns", "iwae") == "r1"
+    logger.log_metrics({"train/bound": -2.0}, step=14)  # the store has it
+    logger.log_metrics({"val/bound": -3.0}, step=14)  # not yet at that step
+    logger.log_metrics({"train/bound": -4.0}, step=17)
+    assert sent == [14, 17]
