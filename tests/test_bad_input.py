@@ -415,9 +415,14 @@ def test_every_count_a_shipped_config_holds_has_an_upper_limit():
     assert missing == []
 
 
-def test_the_run_refuses_more_threads_than_the_machine_has_cores():
+def test_threads_beyond_the_machine_warn_and_beyond_the_limit_are_refused(caplog):
+    """Where the run runs: a checkpoint's stored count reaches mode=eval without the
+    pre-check, and a smaller machine than the one that trained only warns."""
     from iwae.launch.device import check_threads_fit
 
     check_threads_fit(2, cores=2)
-    with pytest.raises(UserError, match="threads=3 is more than the 2 logical CPUs"):
-        check_threads_fit(3, cores=2)
+    assert "more than" not in caplog.text
+    check_threads_fit(3, cores=2)
+    assert "threads=3 is more than the 2 logical CPUs of this machine" in caplog.text
+    with pytest.raises(UserError, match="threads=10000 is above its limit of 1,024"):
+        check_threads_fit(10000, cores=2)

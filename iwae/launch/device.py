@@ -55,14 +55,24 @@ def set_flush_denormal(enabled: bool) -> bool:
 
 
 def check_threads_fit(threads: int, cores: int | None = None) -> None:
-    """Refuse more threads than the machine has logical CPUs (``os.cpu_count``): they only
-    wait on each other, and thousands crash OpenMP with no message. Checked where the run
-    runs, whose cores may differ from the machine that launched it (SLURM)."""
+    """Refuse a thread count above `iwae.launch.limits`' limit here too (a checkpoint's stored
+    ``threads`` reaches `mode=eval` without the pre-check; thousands crash OpenMP with no
+    message), and warn when it exceeds the logical CPUs of the machine the run runs on
+    (which may not be the one that launched it): such threads only wait on each other. A
+    warning, not a refusal: `mode=eval` on a smaller machine reads the run's own count."""
+    from iwae.launch.limits import COUNT_LIMITS
+
+    limit, why = COUNT_LIMITS["threads"]
+    if threads > limit:
+        raise UserError(f"threads={threads} is above its limit of {limit:,} ({why}); lower threads")
     cores = cores or os.cpu_count() or 1
     if threads > cores:
-        raise UserError(
-            f"threads={threads} is more than the {cores} logical CPUs of this machine; "
-            f"lower threads to at most {cores}, or set threads=null (a share of the cores)"
+        log.warning(
+            "threads=%d is more than the %d logical CPUs of this machine: the threads wait on "
+            "each other; threads=%d or fewer (or null) is faster",
+            threads,
+            cores,
+            cores,
         )
 
 
