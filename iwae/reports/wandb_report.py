@@ -38,10 +38,9 @@ def log_to_wandb(runs: list[Run], root: Path, rows: list[dict], paths: dict[str,
     )
     for name, path in paths.items():
         logger.log_image(key=f"report/{name}", images=[str(path)])
+    columns = [*CSV_FIELDS, *sorted({c for r in rows for c in r} - set(CSV_FIELDS))]
     logger.log_table(
-        key="report/table1",
-        columns=list(CSV_FIELDS),
-        data=[[r[c] for c in CSV_FIELDS] for r in rows],
+        key="report/table1", columns=columns, data=[[r.get(c) for c in columns] for r in rows]
     )
     logger.experiment.finish()
     return True
