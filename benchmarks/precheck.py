@@ -1,4 +1,4 @@
-"""Wall time of train.py's answers that run no job: a typo, a bad value, ``--help``.
+"""Wall time of train.py's answers that run no job: a typo, bad values and paths, ``--help``.
 
 Each command runs as a user runs it (a fresh ``python train.py ...`` process), ``repeats``
 times, interleaved, and the median is reported with the load average around the measurement
@@ -25,6 +25,10 @@ COMMANDS = {
     "typo (objectve=iwae)": ["train.py", "objectve=iwae"],
     "bad value (k=abc)": ["train.py", "k=abc"],
     "unknown option (model=three_layer)": ["train.py", "model=three_layer"],
+    "estimator (objective.estimator=drag)": ["train.py", "objective.estimator=drag"],
+    "misspelt ckpt_path": ["train.py", "ckpt_path=outputs/no_such_run/checkpoints/lst.ckpt"],
+    "missing data.path": ["train.py", "data=npz", "data.path=/no/such/file.npz"],
+    "count above its limit (threads=10000)": ["train.py", "threads=10000"],
     "--help": ["train.py", "--help"],
     "import torch + pytorch_lightning": ["-c", "import torch, pytorch_lightning"],
 }
