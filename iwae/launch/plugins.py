@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,15 +122,29 @@ def is_trusted_target(target: Any, modules: Sequence[str]) -> bool:
     owner = next((m for m in modules if target.startswith(m + ".")), None)
     if owner is None or _within(owner, PROJECT_MODULES[0]) or owner in PROJECT_MODULES:
         return False
-    from hydra._internal.utils import _locate  # what hydra.utils.instantiate calls
-
-    try:
-        obj = _locate(target)
-    except Exception:  # noqa: BLE001 - not there: not trusted (the refusal names it)
+    obj = _resolve(target)
+    if obj is None:
         return False
     if not (inspect.isclass(obj) or inspect.isfunction(obj)):
         return False
     return _within(str(getattr(obj, "__module__", "")), owner)
+
+
+def _resolve(target: str) -> Any:
+    """The object ``target`` names, looked up as ``hydra.utils.instantiate`` looks it up (its
+    public ``get_object``); None if there is none. Hydra logs a failed lookup as an error: a
+    refused target is said once, in the refusal, so that log line is held back here."""
+    from hydra.utils import get_object
+
+    hydra_log = logging.getLogger("hydra.utils")
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)
+    try:
+        return get_object(target)
+    except Exception:  # noqa: BLE001 - not there: not trusted (the refusal names it)
+        return None
+    finally:
+        hydra_log.setLevel(level)
 
 
 def refusal_hint(target: Any, modules: Sequence[str]) -> str:
