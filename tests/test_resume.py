@@ -24,6 +24,7 @@ from iwae.launch.run import train
 from tests.helpers import (
     HOOKS,
     ROOT,
+    TINY,
     TINY_CKPT,
     assert_same_weights,
     comparable_metrics,
@@ -108,6 +109,9 @@ STOPS = {  # how the run's length is set, and the steps it trains
     "max_epochs": ([*TINY_CKPT, "++trainer.max_epochs=2"], 20),
     # The paper's schedule, in 2 stages of 1 and 3 epochs: the learning rate drops at epoch 1.
     "paper": ([*WITHOUT_EPOCHS, "schedule=paper", "schedule.stages=2"], 40),
+    # Validation every second epoch: the first epoch end (step 10) validates nothing and
+    # still writes last.ckpt.
+    "val_every_2": ([*TINY_CKPT, "trainer.check_val_every_n_epoch=2"], 30),
 }
 
 
@@ -134,6 +138,27 @@ def test_resume_after_an_epoch_end_checkpoint_is_bit_identical(tmp_path, stop):
     metrics = read_metrics(run_dir)
     metrics.pop("model"), expected.pop("model")  # Hydra's group choice: "custom" in-process
     assert metrics == expected
+
+
+def test_a_new_best_is_one_file_under_two_names(tmp_path):
+    """When val/bound improves, last.ckpt is a hard link to best.ckpt (one serialisation);
+    the next epoch end replaces last.ckpt with a new file and best.ckpt keeps its state."""
+    train(compose_config([*TINY, "logger=none", "eval.enabled=false"], tmp_path), tmp_path)
+    best, last = tmp_path / "checkpoints" / "best.ckpt", tmp_path / "checkpoints" / "last.ckpt"
+    assert best.stat().st_ino == last.stat().st_ino
+    assert torch.load(last, weights_only=True)["global_step"] == 10
+    train(
+        compose_config(
+            [*TINY, "logger=none", "eval.enabled=false", "schedule.epochs=2", "resume=true"],
+            tmp_path,
+        ),
+        tmp_path,
+    )
+    assert (
+        best.stat().st_ino != last.stat().st_ino
+        or torch.load(best, weights_only=True)["global_step"] == 20
+    )
+    assert torch.load(last, weights_only=True)["global_step"] == 20
 
 
 def test_resume_true_uses_last_if_there_is_one_else_starts_afresh(tmp_path):

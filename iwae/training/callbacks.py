@@ -29,6 +29,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from iwae.errors import UserError, check_positive_int
+from iwae.training.checkpointing import link_atomic
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,9 @@ def ends_epoch(trainer: pl.Trainer, batch_idx: int) -> bool:
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` holds the latest state at every save point and the
-    final state when training ends, not only the state of the last new best.
+    """``ModelCheckpoint`` whose ``last.ckpt`` holds the latest state at every epoch end and the
+    final state when training ends, not only the state of the last new best, and whose
+    ``best.ckpt`` costs no second serialisation.
 
     Lightning 2.6 rewrites ``last.ckpt`` only in a call that also saved a top-k checkpoint
     (``_last_global_step_saved == global_step`` in ``on_validation_end``): once ``val/bound``
@@ -246,7 +248,13 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     between ``on_train_epoch_end`` (the default here, after validation) and ``on_validation_end``.
     Here both hooks save ``last.ckpt`` through Lightning's own ``_save_last_checkpoint`` (which
     also records ``last_model_path``) when the parent did not, so the save points stay
-    Lightning's: after validation, never at the epoch's last batch (`ends_epoch`).
+    Lightning's: after validation, at the end of an epoch that did not validate
+    (``trainer.check_val_every_n_epoch`` > 1), never at the epoch's last batch (`ends_epoch`).
+
+    When ``val/bound`` improves, ``best.ckpt`` and ``last.ckpt`` hold the same state: the second
+    is a hard link to the first (`link_atomic`), not a second ``torch.save`` and fsync. Each
+    file is later replaced by a new file (atomic writes), never written in place, so the link
+    never lets one change the other.
     """
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -256,8 +264,9 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):  # no validation: the epoch's end
-            self._save_last_unless_saved(trainer)
+        # No validation at this epoch's end (or none at all): last.ckpt is written here. After
+        # a validation it was written already at this step, and this is a no-op.
+        self._save_last_unless_saved(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Training can stop between save points (max_steps mid-epoch): keep the final state.
@@ -267,6 +276,26 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         # Skipped when this step is saved already (the parent saved a new best and last.ckpt).
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        same_state = self._last_checkpoint_saved if self._just_saved(trainer) else None
+        if same_state is None or Path(filepath).name != self._last_name() or same_state == filepath:
+            super()._save_checkpoint(trainer, filepath)
+            return
+        # last.ckpt right after best.ckpt at the same step: the same state, already on disk.
+        # Every rank takes this branch alike, so no rank enters save_checkpoint's collectives.
+        if trainer.is_global_zero:
+            link_atomic(same_state, filepath)
+        trainer.strategy.barrier()
+        self._last_checkpoint_saved = filepath
+
+    def _just_saved(self, trainer: pl.Trainer) -> bool:
+        return bool(self._last_checkpoint_saved) and (
+            self._last_global_step_saved == trainer.global_step
+        )
+
+    def _last_name(self) -> str:
+        return f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
 
 
 class PeriodicCheckpoint(Callback):

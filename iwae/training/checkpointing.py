@@ -16,6 +16,7 @@ import errno
 import io
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
@@ -82,6 +83,24 @@ def write_bytes_atomic(path: str | os.PathLike, write: Callable[[io.BufferedWrit
                 "is intact"
             ) from None
         raise
+    _fsync_dir(path.parent)
+
+
+def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make ``path`` a hard link to the file ``source`` (the same bytes, no copy), atomically:
+    a link made beside ``path``, then renamed over it. Where the file system has no hard
+    links, a copy written with `write_bytes_atomic`."""
+    source, path = Path(source), Path(path)
+    for stale in path.parent.glob(_temp_prefix(path) + "*" + TEMP_SUFFIX):
+        stale.unlink(missing_ok=True)
+    tmp = path.parent / f"{_temp_prefix(path)}link{TEMP_SUFFIX}"
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with source.open("rb") as src:
+            write_bytes_atomic(path, lambda f: shutil.copyfileobj(src, f))
+        return
+    os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
