@@ -3,7 +3,7 @@ promises: exact resume (bit for bit on the CPU), ``steps_per_batch``, the non-fi
 and no compilation after the first step, across an epoch's smaller last batch and validation.
 
 A cold compile takes tens of seconds, so the runs here share one process and one compiled
-graph: every run has the same model and shapes (`loss_and_bound` takes the model as an
+graph, and only the first test runs by default: every run has the same model and shapes (`loss_and_bound` takes the model as an
 argument, so a new run reuses the graph).
 """
 
@@ -114,6 +114,7 @@ def test_compiles_once_and_resumes_bit_for_bit(uninterrupted: Path, tmp_path: Pa
     assert counters["stats"]["unique_graphs"] == GRAPHS.at_end  # the resumed fit compiled nothing
 
 
+@pytest.mark.slow
 def test_compiled_step_trains_like_the_eager_step(uninterrupted: Path, tmp_path: Path) -> None:
     """Same noise (``fallback_random``), same data: the compiled run differs from the eager
     one by rounding only."""
@@ -123,6 +124,7 @@ def test_compiled_step_trains_like_the_eager_step(uninterrupted: Path, tmp_path:
     assert eager["test/nll"] == pytest.approx(compiled["test/nll"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_compiled_steps_per_batch_and_guard(uninterrupted: Path, tmp_path: Path) -> None:
     graphs = counters["stats"]["unique_graphs"]
     run(tmp_path / "s2", "steps_per_batch=2", "callbacks.periodic=null")
