@@ -3,8 +3,8 @@ promises: exact resume (bit for bit on the CPU), ``steps_per_batch``, the non-fi
 and no compilation after the first step, across an epoch's smaller last batch and validation.
 
 A cold compile takes tens of seconds, so the runs here share one process and one compiled
-graph, and only the first test runs by default: every run has the same model and shapes (`loss_and_bound` takes the model as an
-argument, so a new run reuses the graph).
+graph (every run has the same model and shapes; `loss_and_bound` takes the model as an
+argument, so a new run reuses the graph), and only the first test runs by default.
 """
 
 from __future__ import annotations
