@@ -120,7 +120,7 @@ CASES = {
     "binarization": (["data.binarization=bernoulli"], "data.binarization must be one of dynamic"),
     "eval.ais.init": (["eval.ais.init=posterior"], "eval.ais.init must be one of q, prior"),
     "compile=yes": (["compile=yes"], "compile must be true or false, got 'yes'"),
-    "plugins as a string": (["plugins=my_lab"], "plugins must be a list of module names"),
+    "plugins as a number": (["plugins=5"], "plugins must be a list of module names"),
     "plugins as a file": (["plugins=[my_lab/bounds.py]"], "'my_lab/bounds.py' is not a module"),
     # dataset files
     "missing data file": (["data=npz", "data.path=/none/x.npz"], "/none/x.npz"),

@@ -135,6 +135,15 @@ def test_compile_is_refused_before_any_group_trains(tmp_path: Path) -> None:
     assert not list(sweep.rglob("metrics.json")) and not list(sweep.rglob("*.ckpt"))
 
 
+def test_an_untrusted_target_is_refused_before_any_group_trains(tmp_path: Path) -> None:
+    """The fused step computes this project's network and bounds itself: a member naming
+    another class (here one of no trusted module) is refused, not silently trained as ours."""
+    sweep = tmp_path / "sweep"
+    line = _one_line(_sweep(["k=5", "model._target_=os.getcwd"], sweep, check=False))
+    assert "model._target_='os.getcwd' is not one of this project's classes" in line
+    assert not list(sweep.rglob("metrics.json")) and not list(sweep.rglob("*.ckpt"))
+
+
 # --- one process per sweep directory -------------------------------------------------------------
 def test_a_second_process_on_a_training_sweep_stops_in_one_line(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"

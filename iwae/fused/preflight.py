@@ -21,6 +21,7 @@ from iwae.fused.group import NonFiniteSettings, check_group_jobs
 from iwae.fused.members import Member, check_member, training_device
 from iwae.launch.allowlist import current_names
 from iwae.launch.config_check import check_run_values
+from iwae.launch.plugins import check_fused_member
 from iwae.training.checkpointing import load_checkpoint
 from iwae.training.resume import (
     MAY_CHANGE_HINT,
@@ -44,6 +45,7 @@ def check_members(members: list[Member]) -> dict[int, str | None]:
     hashes: dict[int, str | None] = {}
     for member in members:
         check_not_compiled(member)
+        check_fused_member(member.cfg, member.label)  # a plug-in or untrusted _target_
         check_member(member)
         try:
             training_device(member.cfg.trainer.get("accelerator", "auto"))

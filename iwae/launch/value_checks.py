@@ -55,22 +55,24 @@ def check_plain_top_level(cfg: DictConfig) -> None:
 
 
 def check_plugin_names(plugins: object) -> list[str]:
-    """``plugins``: a list of module names (``my_lab.bounds``); importing them comes later,
-    with the trust rules of `iwae.launch.plugins`."""
+    """``plugins``: module names (``[my_lab.bounds]``, or one comma-separated string as in
+    ``$IWAE_PLUGINS``), as `iwae.launch.plugins` reads them; importing them, with the trust
+    rules, comes later."""
     if plugins is None:
         return []
+    if isinstance(plugins, str):
+        plugins = [p.strip() for p in plugins.split(",") if p.strip()]
     if not isinstance(plugins, ListConfig | list):
         raise UserError(
-            f"plugins must be a list of module names like [my_lab.bounds], got {plugins!r}; "
-            "write plugins=[my_lab.bounds] (with brackets)"
+            f"plugins must be a list of module names like [my_lab.bounds], got {plugins!r}"
         )
     for name in plugins:
-        if not isinstance(name, str) or not MODULE_NAME.fullmatch(name):
+        if not isinstance(name, str) or not MODULE_NAME.fullmatch(name.strip()):
             raise UserError(
                 f"plugins: {name!r} is not a module name (dotted identifiers, like "
                 "my_lab.bounds); name the module to import, not a file path"
             )
-    return [str(n) for n in plugins]
+    return [str(n).strip() for n in plugins]
 
 
 def check_choices(cfg: DictConfig) -> None:
