@@ -110,21 +110,20 @@ class Run:
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_std) of q(h_1 | x), the first stochastic layer, each ``[N, d_1]``: the
         model's ``encode(x)`` if it has one, else its ``encoder[0](x)`` (this project's
-        models)."""
+        models, whose ``encoder`` is a ModuleList of the stochastic layers)."""
         x = self._images(x)
         encode = getattr(self.model, "encode", None)
         layers = getattr(self.model, "encoder", None)
-        if encode is None and isinstance(layers, nn.ModuleList | nn.Sequential) and len(layers):
-            encode = layers[0]
-        if encode is None:
+        if encode is None and isinstance(layers, nn.ModuleList) and len(layers):
+            encode = layers[0]  # this project's models: one module per stochastic layer
+        out = encode(x) if encode is not None else None
+        if not (isinstance(out, tuple) and len(out) == 2):
             name = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
             raise UserError(
-                f"model {name} has neither encode(x) nor encoder[0], which run.encode needs "
-                "(returning the mean and log standard deviation of q(h | x)); see "
-                f"{contract.GUIDE}"
+                f"model {name} has no encode(x) returning (mean, log_std) of q(h | x), which "
+                f"run.encode needs; see {contract.GUIDE}"
             )
-        mean, log_std = encode(x)
-        return mean, log_std
+        return out
 
     def _images(self, x: Tensor) -> Tensor:
         """``x`` on the model's device and dtype, or one line for what the model cannot score."""

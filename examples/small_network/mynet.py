@@ -44,13 +44,14 @@ class ReluMLP(nn.Module):
         p = pixel_mean.clamp(1e-3, 1 - 1e-3)
         self.decoder[-1].bias.copy_(torch.log(p) - torch.log1p(-p))
 
-    def q(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log_std) of q(h | x); `iwae.load(...).encode` calls it too."""
         mean, log_std = self.encoder(x).chunk(2, dim=-1)
         return mean, log_std
 
     def log_weights(self, x: Tensor, k: int, generator=None, detach_q: bool = False) -> Tensor:
         """``[k, B]``: log p(x, h) - log q(h | x) for k draws h ~ q(h | x)."""
-        mean, log_std = self.q(x)
+        mean, log_std = self.encode(x)
         z = mean + log_std.exp() * torch.randn(
             (k, *mean.shape), generator=generator, device=x.device, dtype=x.dtype
         )
@@ -60,10 +61,10 @@ class ReluMLP(nn.Module):
 
     # --- active units, AIS and BDMC -----------------------------------------------------------
     def encoder_means(self, x: Tensor, n_samples: int = 100, generator=None) -> list[Tensor]:
-        return [self.q(x)[0]]
+        return [self.encode(x)[0]]
 
     def sample_q(self, x: Tensor, n: int, generator=None) -> Tensor:
-        mean, log_std = self.q(x)
+        mean, log_std = self.encode(x)
         eps = torch.randn((n, *mean.shape), generator=generator, device=x.device, dtype=x.dtype)
         return mean + log_std.exp() * eps
 
@@ -73,7 +74,7 @@ class ReluMLP(nn.Module):
         return z.to(weight.dtype)
 
     def log_q(self, x: Tensor, z: Tensor) -> Tensor:
-        return gaussian_log_prob(z, *self.q(x))
+        return gaussian_log_prob(z, *self.encode(x))
 
     def log_prior(self, z: Tensor) -> Tensor:
         return standard_normal_log_prob(z)
