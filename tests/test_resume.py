@@ -161,6 +161,15 @@ def test_a_new_best_is_one_file_under_two_names(tmp_path):
     assert torch.load(last, weights_only=True)["global_step"] == 20
 
 
+def test_validating_every_n_epochs_still_validates_the_last(tmp_path):
+    """A run shorter than trainer.check_val_every_n_epoch ends with val/bound and best.ckpt."""
+    overrides = [*TINY, "logger=none", "eval.enabled=false", "trainer.check_val_every_n_epoch=15"]
+    metrics = train(compose_config(overrides, tmp_path), tmp_path)
+    assert "val/bound" in metrics
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] == 10
+
+
 def test_resume_true_uses_last_if_there_is_one_else_starts_afresh(tmp_path):
     assert resolve_ckpt_path(None, tmp_path, resume=True) is None
     with pytest.raises(UserError, match="checkpoint not found"):  # `last` insists on one

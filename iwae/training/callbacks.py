@@ -298,6 +298,18 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         return f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
 
 
+class ValidateLastEpoch(Callback):
+    """Validates the last epoch whatever ``trainer.check_val_every_n_epoch`` is, so that a run
+    that validates every n epochs still ends with ``val/bound`` of its final weights (and a
+    ``best.ckpt``), also when it is shorter than n epochs. Lightning validates only epochs whose
+    number is a multiple of n; here the last epoch's n becomes 1 when it starts."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        if last and trainer.check_val_every_n_epoch not in (None, 1):
+            trainer.check_val_every_n_epoch = 1
+
+
 class PeriodicCheckpoint(Callback):
     """Writes ``last.ckpt`` every ``every_n_train_steps`` optimizer steps (besides the epoch-end
     ModelCheckpoint), so that a kill loses at most that many steps.
