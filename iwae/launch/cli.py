@@ -74,7 +74,11 @@ def group_options(conf_dir: Path, group: str) -> list[str]:
     return _option_lister(conf_dir)(group)
 
 
-def _option_lister(conf_dir: Path) -> Callable[[str], list[str]]:
+def _option_lister(
+    conf_dir: Path, searchpath: list[str] | None = None
+) -> Callable[[str], list[str]]:
+    """``searchpath``: the command line's ``hydra.searchpath=[...]`` overrides, whose folders'
+    config files are options too (``objective=tempered`` from the user's own folder)."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -84,7 +88,10 @@ def _option_lister(conf_dir: Path) -> Callable[[str], list[str]]:
 
         def options(group: str) -> list[str]:
             if group not in groups:
-                groups[group] = sorted(set(loader.get_group_options(group)))
+                found = loader.get_group_options(
+                    group, config_name="config" if searchpath else None, overrides=searchpath
+                )
+                groups[group] = sorted(set(found))
             return groups[group]
 
         # the config repository outlives the context; list every group now, while it is open
@@ -126,7 +133,8 @@ def check_overrides(
     overrides = hydra_overrides(argv)
     if not overrides:
         return None
-    options = options or _option_lister(conf_dir)
+    searchpath = [o for o in overrides if o.lstrip("+").startswith("hydra.searchpath=")]
+    options = options or _option_lister(conf_dir, searchpath)
     parser = OverridesParser.create()
     for text in overrides:
         try:
