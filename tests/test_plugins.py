@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import sys
@@ -273,15 +272,6 @@ def test_a_plug_in_bound_trains_resumes_evaluates_and_reports_when_trusted(plugi
     assert (run_dir / "bound_vs_k.json").is_file()  # the figure that loads the model
 
 
-def _searchpath_supported() -> bool:
-    from iwae.launch import cli
-
-    return "searchpath" in inspect.signature(cli._option_lister).parameters
-
-
-@pytest.mark.skipif(
-    not _searchpath_supported(), reason="the pre-check does not list hydra.searchpath's options"
-)
 def test_a_config_group_file_of_the_users_own_is_chosen_like_the_built_in_ones(
     plugin_dir, tmp_path
 ):
