@@ -19,7 +19,7 @@ What is checked, without training and without reading any data: the group option
 (``check_overrides`` and ``check_override_keys``, the pre-check ``train.py`` runs before
 Hydra), then the composed config's values as a run checks them before it builds anything:
 the top-level keys, ``eval.*``, the optimizer, ``steps_per_batch``, and every group's keys
-against its class's constructor. Not checked: data files, memory and the accelerator, which are
+against its class's constructor. Not checked: data files and other paths, memory and the accelerator, which are
 properties of the machine the command runs on, not of the line.
 """
 
@@ -126,9 +126,14 @@ def check_values(cfg) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _any_accelerator(monkeypatch):
-    """``trainer.accelerator=gpu`` is right in the manual whether or not this machine has one."""
+def _any_machine(monkeypatch):
+    """``trainer.accelerator=gpu`` is right in the manual whether or not this machine has one,
+    and ``ckpt_path=<run>/...`` or ``data.path=my_images.npz`` whether or not the file exists:
+    the pre-check's path checks (``iwae.launch.path_checks``) are left out here."""
+    from iwae.launch import path_checks
+
     monkeypatch.setattr(config_check, "check_accelerator", lambda accelerator: None)
+    monkeypatch.setattr(path_checks, "check_config_paths", lambda cfg: None)
 
 
 MANUAL = [c for page in PAGES for c in commands(page.read_text(), page.relative_to(ROOT).name)]
