@@ -27,7 +27,9 @@ from tests.helpers import (
     assert_same_weights,
     compose_config,
     final_weights,
+    no_wandb_env,
     read_metrics,
+    run_train,
 )
 
 # 190 training images: 9 batches of 20 and a last one of 10 in every epoch; 3 epochs.
@@ -158,3 +160,18 @@ def test_every_objective_compiles_to_the_eager_gradient(objective) -> None:
     torch.testing.assert_close(bound_c, bound_e, rtol=1e-5, atol=1e-5)
     for g_c, g_e in zip(grads_c, grads_e, strict=True):
         torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_ddp_trains_like_eager_ddp(tmp_path: Path) -> None:
+    """Two CPU processes (gloo): the compiled step's gradients reach DDP's all-reduce, so the
+    compiled run ends where the eager one does (to rounding). Through train.py: see
+    tests/helpers.py on DDP inside pytest."""
+    args = [*COMPILED[:-1], "trainer=ddp_cpu", "schedule.epochs=2", "threads=1"]
+    metrics = {}
+    for compile_step in ("true", "false"):
+        run_dir = tmp_path / compile_step
+        run_train([*args, f"compile={compile_step}"], run_dir=run_dir, env=no_wandb_env())
+        metrics[compile_step] = read_metrics(run_dir)
+    assert metrics["true"]["train/steps"] == 10  # 95 images a rank: 5 batches an epoch
+    assert metrics["true"]["val/bound"] == pytest.approx(metrics["false"]["val/bound"], abs=1e-3)
