@@ -22,7 +22,13 @@ from iwae.fused.members import Member
 from iwae.launch.assembly import build
 from iwae.training.checkpointing import write_bytes_atomic
 from iwae.training.loggers import finish_wandb, log_run_media, run_config
-from iwae.training.outputs import code_commit, format_results, save_sample_grid, write_json_atomic
+from iwae.training.outputs import (
+    code_commit,
+    format_results,
+    optional_artefact,
+    save_sample_grid,
+    write_json_atomic,
+)
 
 
 def train_group(
@@ -76,8 +82,9 @@ def write_member_run(group: FusedGroup, m: int) -> dict[str, Any]:
     write_member_checkpoint(group, m, member.output_dir / "checkpoints" / "last.ckpt")
     if member.cfg.eval.enabled:
         metrics.update(test_metrics(model, dm.test_dataloader(), member.cfg.eval))
+    write_json_atomic(member.output_dir / "metrics.json", metrics)  # results before media
+    if member.cfg.eval.enabled:
         save_sample_grid(model, dm.image_shape, member.output_dir / "samples.png")
-    write_json_atomic(member.output_dir / "metrics.json", metrics)
     replay_loggers(member, group.history[m], metrics)
     print(format_results(metrics, member.output_dir, metrics.get("train/seconds")), flush=True)
     return metrics
@@ -112,6 +119,7 @@ def replay_loggers(
         for row in history:
             values = {k: v for k, v in row.items() if k != "step"}
             logger.log_metrics(values, step=int(row["step"]))
-        log_run_media([logger], member.output_dir, metrics)
+        loggers = [logger]  # bound now: the lambdas run before the loop moves on
+        optional_artefact("W&B media", lambda: log_run_media(loggers, member.output_dir, metrics))  # noqa: B023
         logger.finalize("success")
-        finish_wandb([logger], metrics)
+        optional_artefact("W&B summary", lambda: finish_wandb(loggers, metrics))  # noqa: B023
