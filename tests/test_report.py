@@ -17,7 +17,15 @@ from iwae.launch.eval_checkpoint import evaluate_checkpoint
 from iwae.launch.run import train
 from iwae.reports import figures, paper
 from iwae.reports.curves import nll_curves, paper_curves
-from iwae.reports.runs import Run, best_run, best_runs, find_runs, read_csv, selection_basis
+from iwae.reports.runs import (
+    Run,
+    best_run,
+    best_runs,
+    find_runs,
+    panel,
+    read_csv,
+    selection_basis,
+)
 from iwae.reports.table1 import report, table1_markdown
 from iwae.reports.wandb_report import log_to_wandb
 from tests.helpers import TINY, compose_config
@@ -298,6 +306,13 @@ def test_another_network_gets_rows_of_its_own(tmp_path):
     rows = {r["run_dir"]: r["architecture"] for r in read_csv(tmp_path / "table1.csv")}
     assert rows == {"0": "", "1": "conv", "2": "ResNetVAE"}
     assert table1_markdown(read_csv(tmp_path / "table1.csv")) == table  # redrawn from the CSV
+    runs = find_runs(tmp_path)  # the sample grids' best models and the figure panels too
+    assert sorted(r.path.name for r in best_runs(runs, "test")) == ["0", "1", "2"]
+    assert {panel(r) for r in runs} == {
+        "digits, 1 layer",
+        "digits, conv, 1 layer",
+        "digits, ResNetVAE, 1 layer",
+    }
 
 
 def test_a_refused_folder_gets_no_report_file(tmp_path):

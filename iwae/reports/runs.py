@@ -37,6 +37,9 @@ CSV_FIELDS = (
 )
 
 
+MLP = "iwae.model.IWAEModel"
+
+
 @dataclass
 class Run:
     """One finished run: its directory, ``metrics.json`` and resolved Hydra config."""
@@ -51,6 +54,19 @@ class Run:
         """Stochastic layers: from the model config, else from the per-layer unit counts."""
         dims = (self.config.get("model") or {}).get("latent_dims")
         return len(dims) if dims else len(self.metrics.get("test/active_units_per_layer", [0]))
+
+    @property
+    def architecture(self) -> str:
+        """The network, when it is not the paper's MLP (`MLP`): its model config choice
+        (``conv``), else its class name (a plug-in's); "" for the MLP, whose rows are the
+        paper's one- and two-layer rows."""
+        target = (self.config.get("model") or {}).get("_target_")
+        if target in (None, MLP):
+            return ""
+        choice = self.metrics.get("model")
+        if choice and choice not in ("custom", "one_layer", "two_layer"):
+            return str(choice)
+        return str(target).rsplit(".", 1)[-1]
 
     @property
     def key(self) -> tuple[str, int, str, int]:
@@ -152,7 +168,8 @@ def objective_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 def panel(run: Run) -> str:
     data, layers, _, _ = run.key
-    return f"{data}, {layers} layer{'s' * (layers > 1)}"
+    net = f"{run.architecture}, " if run.architecture else ""
+    return f"{data}, {net}{layers} layer{'s' * (layers > 1)}"
 
 
 def section_title(data: str, binarization: str) -> str:
@@ -174,15 +191,15 @@ def _score(run: Run, basis: str) -> float:
 
 
 def best_runs(runs: list[Run], basis: str | None = None) -> list[Run]:
-    """Per (dataset, layers, objective) the best run by ``basis`` (`selection_basis` when
+    """Per (dataset, network, layers, objective) the best run by ``basis`` (`selection_basis` when
     None): the models of the sample grids."""
     basis = basis or selection_basis(runs)
     best: dict[tuple, Run] = {}
     for run in runs:
-        cell = run.key[:3]
+        cell = (run.key[0], run.architecture, *run.key[1:3])  # a conv run is no MLP's rival
         if cell not in best or _score(run, basis) > _score(best[cell], basis):
             best[cell] = run
-    return [best[c] for c in sorted(best, key=lambda c: (c[0], c[1], objectives_rank(c[2])))]
+    return [best[c] for c in sorted(best, key=lambda c: (*c[:3], objectives_rank(c[3])))]
 
 
 def best_run(runs: list[Run], basis: str | None = None) -> Run:

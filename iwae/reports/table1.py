@@ -208,27 +208,13 @@ def report(
     return paths
 
 
-MLP = "iwae.model.IWAEModel"
 TABLE_FIELDS = (*CSV_FIELDS[:3], "architecture", *CSV_FIELDS[3:])
-
-
-def architecture(run: Run) -> str:
-    """The network of a run that is not the paper's MLP (`MLP`): its model config choice
-    (``conv``), else its class name (a plug-in's); "" for the MLP, whose rows are the paper's
-    one- and two-layer rows."""
-    target = (run.config.get("model") or {}).get("_target_")
-    if target in (None, MLP):
-        return ""
-    choice = run.metrics.get("model")
-    if choice and choice not in ("custom", "one_layer", "two_layer"):
-        return str(choice)
-    return str(target).rsplit(".", 1)[-1]
 
 
 def table_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
     """`csv_rows` with each run's `architecture`."""
     return [
-        dict(row, architecture=architecture(run)) for row, run in zip(csv_rows(runs, root), runs)
+        dict(row, architecture=run.architecture) for row, run in zip(csv_rows(runs, root), runs)
     ]
 
 
