@@ -19,8 +19,8 @@ What is checked, without training and without reading any data: the group option
 (``check_overrides`` and ``check_override_keys``, the pre-check ``train.py`` runs before
 Hydra), then the composed config's values as a run checks them before it builds anything:
 the top-level keys, ``eval.*``, the optimizer, ``steps_per_batch``, and every group's keys
-against its class's constructor. Not checked: data files and other paths, memory and the accelerator, which are
-properties of the machine the command runs on, not of the line.
+against its class's constructor. Not checked: data files and other paths, memory and the
+accelerator, which are properties of the machine the command runs on, not of the line.
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ def check(argv: list[str]) -> str | None:
     or None if it would start."""
     if cli.hydra_overrides(argv) is None:
         return None  # --help, shell completion: no job runs
-    message = cli.check_overrides(argv, CONF_DIR, _options()) or config_check.check_override_keys(
+    # hydra.searchpath adds options of the user's own folders: listed for that command alone
+    searched = any(a.lstrip("+").startswith("hydra.searchpath=") for a in argv)
+    options = None if searched else _options()
+    message = cli.check_overrides(argv, CONF_DIR, options) or config_check.check_override_keys(
         argv, CONF_DIR
     )
     if message:
@@ -137,6 +140,24 @@ def _any_machine(monkeypatch):
 
 
 MANUAL = [c for page in PAGES for c in commands(page.read_text(), page.relative_to(ROOT).name)]
+# ``PYTHONPATH=examples/tempered_bound python train.py ...``: the folders the manual's commands
+# put on the path, so that the pre-check can import a plug-in's class to check its arguments.
+PLUGIN_DIRS = sorted(
+    {
+        folder
+        for page in PAGES
+        for found in re.findall(r"PYTHONPATH=(\S+)(?:\s|$)", page.read_text())
+        for folder in found.split(":")
+        if folder and not folder.startswith("$")
+    }
+)
+
+
+@pytest.fixture(autouse=True)
+def _plugins_importable(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the manual's relative paths (file://examples/...) start there
+    for folder in PLUGIN_DIRS:
+        monkeypatch.syspath_prepend(str(ROOT / folder))
 
 
 def test_the_manual_has_commands():

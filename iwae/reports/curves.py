@@ -15,7 +15,10 @@ from typing import Any
 
 import torch
 
+from iwae.contract import optional_missing
+from iwae.conv import ConvModel
 from iwae.evaluation import active_units, bound_vs_k, format_units
+from iwae.model import IWAEModel
 from iwae.reports import figures, paper
 from iwae.reports.files import read_json
 from iwae.reports.runs import Run, best_run, best_runs, panel, section_title, selection_basis
@@ -86,18 +89,27 @@ def learning_curve_data(runs: list[Run]) -> dict[str, dict[str, tuple[list, list
 @torch.no_grad()
 def sample_grid(
     model, x: torch.Tensor, image_shape: tuple[int, ...], n: int = 8
-) -> torch.Tensor | None:
-    """``[4n, 1, H, W]``: n test images, their reconstructions (Bernoulli means of x at the
-    mean of q(h1 | x)), then 2n samples from the model; None for images that cannot be drawn
-    (flat rows of a length that is not square, and no ``data.image_shape``)."""
+) -> tuple[torch.Tensor, str] | None:
+    """``[4n, 1, H, W]`` and what its rows hold: n test images, their reconstructions
+    (Bernoulli means of x at the mean of q(h1 | x)), then 2n samples from the model. A network
+    of one's own draws only what its contract offers (`iwae.contract`: no decoder to call, so no
+    reconstructions; no ``sample``, no samples). None for images that cannot be drawn (flat rows
+    of a length that is not square, and no ``data.image_shape``) or with nothing to draw."""
     shape = drawable_shape(image_shape)
     if shape is None:
         return None
     x = x[:n]
-    mean, _ = model.encoder[0](x)
-    recon = torch.sigmoid(model.decoder[0](mean))
-    samples = model.sample(2 * n, generator=torch.Generator(device=x.device).manual_seed(0))
-    return torch.cat([x, recon, samples]).view(-1, 1, *shape).cpu()
+    parts, names = [x], ["data"]
+    if isinstance(model, IWAEModel | ConvModel):  # encoder[0] and decoder[0]: the first layer
+        mean, _ = model.encoder[0](x)
+        parts.append(torch.sigmoid(model.decoder[0](mean)))
+        names.append("reconstructions")
+    if optional_missing(model) is None:
+        parts.append(model.sample(2 * n, generator=torch.Generator(device=x.device).manual_seed(0)))
+        names.append("samples")
+    if len(parts) == 1:
+        return None
+    return torch.cat(parts).view(-1, 1, *shape).cpu(), " / ".join(names)
 
 
 def bound_curve(
@@ -181,10 +193,9 @@ def checkpoint_data(
         test = loaded.test_batches()
         _unit_variances(run, loaded, test, variances)
         if run in chosen:
-            title = f"{run.label}, {panel(run)}: data / reconstructions / samples"
-            grid = sample_grid(loaded.model, test[0], loaded.datamodule.image_shape)
-            if grid is not None:
-                grids[title] = grid
+            drawn = sample_grid(loaded.model, test[0], loaded.datamodule.image_shape)
+            if drawn is not None:
+                grids[f"{run.label}, {panel(run)}: {drawn[1]}"] = drawn[0]
         if run is best:
             curve, cache = bound_curve(best, ks, chunk_size, seed, loaded)
     title = (
