@@ -15,17 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from iwae.errors import UserError, exit_for
-from iwae.launch.cli import (
-    exit_on_bad_overrides,
-    is_eval_command,
-    no_validation_error,
-    quiet_third_party_noise,
-    remove_refused_run_dir,
-    run_dir_is_new,
-    search_space_as_arguments,
-)
+from iwae.launch.cli import no_validation_error, quiet_third_party_noise
+from iwae.launch.job import prepare_command, run_job
 from iwae.launch.resolvers import register_resolvers
-from iwae.launch.run_lock import exit_on_unusable_output_dir, run_lock
 
 register_resolvers()  # before Hydra composes the config, which uses ${iwae.*}
 # Set by the command line below: this process's run directory did not exist before it, so a run
@@ -39,26 +31,9 @@ def main(cfg: DictConfig) -> float | None:
     # module-level code of this file, so the resolvers are registered here as well.
     register_resolvers()
     quiet_third_party_noise()  # and its warning filters: a joblib worker starts without them
-    from iwae.launch.plugins import trust_run  # (no torch: an untrusted module is said first)
-
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        if cfg.get("mode", "train") not in ("train", "eval"):  # a sweep's later values
-            raise UserError(f"unknown mode {cfg.mode!r}; choose one of: train, eval")
-        with run_lock(output_dir):  # one process per run directory (each job of a sweep too)
-            try:
-                # plugins=, $IWAE_PLUGINS, entry points: imported first; in a joblib or SLURM
-                # worker too (the job's config holds `plugins`, the environment travels)
-                trust_run(cfg)
-                from iwae.launch.eval_checkpoint import evaluate_checkpoint
-                from iwae.launch.run import train
-
-                run = evaluate_checkpoint if cfg.get("mode") == "eval" else train
-                metrics = run(cfg, output_dir)
-            except UserError:
-                if NEW_RUN_DIR:  # refused before any result: leave no run directory behind
-                    remove_refused_run_dir(output_dir, HydraConfig.get().job.name)
-                raise
+        metrics = run_job(cfg, NEW_RUN_DIR)  # trust the plug-ins, then train or evaluate
     except UserError as e:
         exit_for(e)
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits 130 itself)
@@ -91,13 +66,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    # Hydra refuses a sweep inside its own config: the search space goes where Optuna reads it.
-    sys.argv[1:] = search_space_as_arguments(sys.argv[1:])
-    exit_on_bad_overrides()
-    if is_eval_command(sys.argv[1:]):  # (imports torch: only for mode=eval)
-        from iwae.launch.eval_checkpoint import own_output_dir
-
-        sys.argv[1:] = own_output_dir(sys.argv[1:])  # mode=eval never writes into a training run
-    NEW_RUN_DIR = run_dir_is_new(sys.argv[1:])  # before the lock below creates the directory
-    exit_on_unusable_output_dir()  # before Hydra, whose logging setup fails with a traceback
+    try:  # every override checked, the output directory claimed: all before Hydra and torch
+        sys.argv[1:], NEW_RUN_DIR = prepare_command(sys.argv[1:])
+    except UserError as e:
+        exit_for(e)
     main()

@@ -153,11 +153,13 @@ def check_overrides(
     return None
 
 
-def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
+def check_command_overrides(argv: list[str]) -> None:
+    """Every override of a command line, checked before Hydra and torch: a one-line
+    `UserError` for a typo, an unknown key or a bad value."""
     from iwae.launch.config_check import check_override_keys  # keys, unparsable, values
 
-    argv = sys.argv[1:] if argv is None else argv
-    if hydra_overrides(argv) is None:
+    overrides = hydra_overrides(argv)
+    if overrides is None:
         return  # shell completion or help: no job runs
     # the fused launcher's options, before Hydra writes the sweep directory (no torch needed)
     from hydra_plugins.iwae_fused_launcher.config import check_launcher_overrides
@@ -165,11 +167,19 @@ def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
     # check_override_keys leaves another primary config (-cn, -cp, -cd) to Hydra
     message = (
         check_overrides(argv)
-        or check_launcher_overrides(hydra_overrides(argv) or [])
+        or check_launcher_overrides(overrides)
         or check_override_keys(argv, CONF_DIR)
     )
     if message:
-        exit_for(UserError(message))
+        raise UserError(message)
+
+
+def exit_on_bad_overrides(argv: list[str] | None = None) -> None:
+    """`check_command_overrides`, reported as ``error: ...`` with exit status 2."""
+    try:
+        check_command_overrides(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        exit_for(e)
 
 
 def quiet_third_party_noise() -> None:

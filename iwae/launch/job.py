@@ -15,14 +15,12 @@ from omegaconf import DictConfig
 
 from iwae.errors import UserError
 from iwae.launch.cli import (
-    CONF_DIR,
-    check_overrides,
-    hydra_overrides,
+    check_command_overrides,
     is_eval_command,
     remove_refused_run_dir,
     run_dir_is_new,
 )
-from iwae.launch.config_check import check_override_keys, search_space_as_arguments
+from iwae.launch.config_check import search_space_as_arguments
 from iwae.launch.run_lock import claim_output_dir, run_lock
 
 
@@ -35,18 +33,8 @@ def prepare_command(argv: list[str]) -> tuple[list[str], bool]:
     Returns (the arguments to hand Hydra, whether the run directory is new: only then may a
     refused run remove it). Raises a one-line `UserError`.
     """
-    from hydra_plugins.iwae_fused_launcher.config import check_launcher_overrides
-
     argv = search_space_as_arguments(list(argv))
-    overrides = hydra_overrides(argv)
-    if overrides is not None:  # None: --help or shell completion, where no job runs
-        message = (
-            check_overrides(argv)
-            or check_launcher_overrides(overrides)
-            or check_override_keys(argv, CONF_DIR)
-        )
-        if message:
-            raise UserError(message)
+    check_command_overrides(argv)
     if is_eval_command(argv):  # (imports torch: only for mode=eval)
         from iwae.launch.eval_checkpoint import own_output_dir
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from iwae.errors import UserError, exit_for
+from iwae.errors import UserError
 
 LOCK_NAME = ".iwae.lock"
 
@@ -137,11 +136,3 @@ def claim_output_dir(argv: list[str]) -> None:
         tempfile.TemporaryFile(dir=path).close()
     except OSError as err:
         raise _unwritable(path, err, key) from None
-
-
-def exit_on_unusable_output_dir(argv: list[str] | None = None) -> None:
-    """`claim_output_dir`, reported as ``error: ...`` with exit status 2."""
-    try:
-        claim_output_dir(sys.argv[1:] if argv is None else argv)
-    except UserError as e:
-        exit_for(e)
