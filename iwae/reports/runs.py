@@ -138,10 +138,10 @@ def csv_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+def write_csv(rows: list[dict[str, Any]], path: Path, fields: tuple[str, ...] = CSV_FIELDS) -> Path:
     """``table1.csv``, written as metrics.json is (a link at ``path`` is replaced)."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+    writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, text.getvalue())

@@ -21,8 +21,6 @@ runs' group.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import statistics
 from collections import defaultdict
@@ -48,6 +46,7 @@ from iwae.reports.runs import (
     find_runs,
     objective_columns,
     panel,
+    write_csv,
 )
 from iwae.reports.wandb_report import log_to_wandb
 from iwae.training.outputs import write_text_atomic
@@ -172,7 +171,8 @@ def report(
     models = (
         checkpoint_data(runs, root, list(ks or BOUND_KS), chunk_size, seed) if checkpoints else None
     )
-    paths = {"table1_csv": write_rows(rows, root / "table1.csv"), "table1_md": root / "table1.md"}
+    table1_csv = write_csv(rows, root / "table1.csv", TABLE_FIELDS)
+    paths = {"table1_csv": table1_csv, "table1_md": root / "table1.md"}
     write_text_atomic(paths["table1_md"], table)
     drawings = {
         "nll_vs_k": lambda: figures.nll_vs_k(
@@ -216,16 +216,6 @@ def table_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
     return [
         dict(row, architecture=run.architecture) for row, run in zip(csv_rows(runs, root), runs)
     ]
-
-
-def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
-    """``table1.csv`` with the `architecture` column, written as metrics.json is."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=TABLE_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, text.getvalue())
-    return path
 
 
 def sample_pngs(runs: list[Run], most: int = 12) -> dict[str, Path]:
