@@ -14,13 +14,20 @@ from typing import Any
 
 import torch
 
+from iwae.launch.cpu_pages import populate_kernel_constants
+
 
 def set_threads(threads: int) -> None:
     """Pin intra-op threads for both sides. Why: on a shared, oversubscribed machine OpenMP's
     spinning workers make a multi-threaded batch-20 step tens of times slower (measured here:
     255 ms instead of 10 ms at k=1, 2 threads, load average 14), which says nothing about
-    either implementation."""
+    either implementation.
+
+    Also maps torch's CPU kernel constants, as a run does (`iwae.launch.cpu_pages`): left as
+    loaded, the first side to run a kernel that touches them would speed up every side timed
+    after it (``benchmarks/cpu_pages.py``)."""
     torch.set_num_threads(threads)
+    populate_kernel_constants()
 
 
 def machine() -> dict[str, Any]:

@@ -34,6 +34,7 @@ from iwae.fused.members import Member, training_device
 from iwae.fused.objectives import FusedObjective
 from iwae.fused.stacked import StackedIWAE
 from iwae.launch.assembly import build
+from iwae.launch.cpu_pages import populate_kernel_constants
 from iwae.launch.device import set_flush_denormal, set_torch_threads
 from iwae.training.checkpointing import load_checkpoint, write_bytes_atomic
 
@@ -83,6 +84,7 @@ class FusedGroup:
         self.device = training_device(first.trainer.get("accelerator", "auto"))
         set_torch_threads(first.get("threads"))
         set_flush_denormal(first.get("flush_denormal", True))  # a top-level key: shared
+        populate_kernel_constants()
         self.datamodules = self._build_data()
         models, self.objectives, self.generators = self._build_models()
         self.stacked = StackedIWAE(models).to(self.device)

@@ -22,6 +22,7 @@ from iwae.launch.assembly import (
     run_summary,
 )
 from iwae.launch.config_check import check_ddp_launch, check_run_values, check_top_level
+from iwae.launch.cpu_pages import populate_kernel_constants
 from iwae.launch.device import set_flush_denormal, set_torch_threads
 from iwae.launch.resolvers import parallel_sweep_job
 from iwae.training.checkpointing import check_state_dict_matches, load_checkpoint
@@ -54,6 +55,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     check_ddp_launch(cfg.trainer)
     set_torch_threads(cfg.get("threads"))  # parallel runs (joblib, SLURM) share the cores
     set_flush_denormal(cfg.get("flush_denormal", True))
+    populate_kernel_constants()  # log1p/softplus at full speed from the first step
     if parallel_sweep_job() and cfg.eval.get("progress") is None:
         with open_dict(cfg):  # the evaluation's bars would interleave like the training's
             cfg.eval.progress = False
