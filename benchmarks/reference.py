@@ -125,9 +125,13 @@ def reference_train(
     seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     on_step_end: Callable[[], None] | None = None,
+    loss_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> torch.optim.Optimizer:
     """``steps`` Adam steps of the IWAE bound on dynamically binarized minibatches of ``data``
-    (a random permutation, sliced): the loop the framework is measured against."""
+    (a random permutation, sliced): the loop the framework is measured against.
+    ``loss_fn``: the minibatch's loss in place of ``iwae_loss(model.log_weights(x, k))``
+    (the same function compiled, for one)."""
+    loss_fn = loss_fn or (lambda x: iwae_loss(model.log_weights(x, k)))
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-4)
     g = torch.Generator().manual_seed(seed)
@@ -138,7 +142,7 @@ def reference_train(
             if done == steps:
                 break
             x = torch.bernoulli(data[order[start : start + batch_size]], generator=g)
-            loss = iwae_loss(model.log_weights(x, k))
+            loss = loss_fn(x)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

