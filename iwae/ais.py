@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from iwae.errors import UserError
+from iwae.layer_widths import measured_widths
 
 # Extra chains per image whose acceptance rates set that image's step size (module docstring).
 TUNING_CHAINS = 2
@@ -251,9 +252,8 @@ def settings_from(node: Mapping[str, Any]) -> AISSettings:
 
 def row_bytes(model: nn.Module) -> int:
     """Bytes one chain of one image holds during a leapfrog step (see ``GRAPH_COPIES``)."""
-    widths = model.input_dim + sum(
-        m.out_features for m in model.modules() if hasattr(m, "out_features")
-    )
+    linear = sum(m.out_features for m in model.modules() if hasattr(m, "out_features"))
+    widths = model.input_dim + max(linear, sum(measured_widths(model)))  # conv feature maps
     return GRAPH_COPIES * widths * next(model.parameters()).element_size()
 
 

@@ -11,9 +11,8 @@ constant: the logged bound is a lower bound on log p(x) in nats. Images arrive f
 and are reshaped here.
 
 With the default channels (8, 32) every hidden activation is 1,568 numbers wide (8 x 14 x 14
-and 32 x 7 x 7), the width of the linear layer between the convolutions and the latent: the
-memory checks, which measure a model by its linear layers (`iwae.evaluation.widest_layer`),
-see the widest tensor this model makes.
+and 32 x 7 x 7). The memory checks measure the feature maps in one pass
+(`iwae.layer_widths`), so wider channels are sized as they are.
 """
 
 from __future__ import annotations

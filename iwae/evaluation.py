@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from iwae import ais
 from iwae.errors import UserError, check_positive_int
+from iwae.layer_widths import measured_widths
 
 # Tensors of shape [chunk, images, widest layer] alive at once inside `log_weights`: the
 # Bernoulli logits, x * logits, softplus(logits) and their difference. Checked by
@@ -26,8 +27,9 @@ BOUND_KS = (1, 5, 50, 500, 5000)
 
 
 def widest_layer(model: nn.Module) -> int:
-    """The largest feature width any ``[samples, images, width]`` tensor of ``model`` has."""
-    widths = [getattr(model, "input_dim", 1)]
+    """The largest feature width any ``[samples, images, width]`` tensor of ``model`` has: its
+    linear layers' widths, or a wider output measured in one pass (`iwae.layer_widths`)."""
+    widths = [getattr(model, "input_dim", 1), *measured_widths(model)]
     for m in model.modules():
         if isinstance(m, nn.Linear):
             widths += [m.in_features, m.out_features]

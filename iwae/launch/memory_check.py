@@ -23,6 +23,7 @@ from torch import nn
 from iwae import ais
 from iwae.errors import UserError
 from iwae.evaluation import LIVE_TENSORS, chunk_plan, widest_layer
+from iwae.layer_widths import measured_widths
 
 # Adam: parameters, their gradients and two moments.
 PARAMETER_COPIES = 4
@@ -40,8 +41,9 @@ def _parameter_bytes(model: nn.Module) -> int:
 
 def training_step_bytes(model: nn.Module, samples: int, batch_size: int) -> int:
     """Peak bytes of one training step with ``samples`` importance samples per image."""
-    widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    per_row = LIVE_TENSORS * widest_layer(model) + SAVED_PER_LINEAR * widths
+    linear = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    saved = max(SAVED_PER_LINEAR * linear, SAVED_PER_LINEAR * sum(measured_widths(model)))
+    per_row = LIVE_TENSORS * widest_layer(model) + saved
     return samples * batch_size * per_row * _itemsize(model) + _parameter_bytes(model)
 
 
