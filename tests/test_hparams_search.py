@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,46 @@ def test_two_trial_study_minimises_the_validation_negative_bound(tmp_path, launc
     # the study never saw a test number: its best value is no trial's test NLL
     for t in trials:
         assert results.best_value != pytest.approx(t["metrics"]["test/nll"], rel=1e-6)
+
+
+def test_a_plugin_bounds_own_setting_is_searched_and_an_untrusted_one_refused(tmp_path):
+    """The researcher's bound (examples/tempered_bound) with its own config file: Optuna
+    searches its temperature like any key; without ``plugins=`` no trial runs."""
+    example = ROOT / "examples" / "tempered_bound"
+    env = {**os.environ, "PYTHONPATH": str(example), "WANDB_MODE": "disabled"}
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hparams_search=iwae_optuna",
+        "hydra.sweeper.n_trials=2",
+        "objective=tempered",
+        f"hydra.searchpath=[file://{example / 'conf'}]",
+        "+hydra.sweeper.params.objective.temperature=interval(0.0,1.0)",
+        *RUN,
+    ]
+    refused = tmp_path / "refused"
+    proc = subprocess.run(
+        [*cmd, f"hydra.sweep.dir={refused}"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "plugins=[mybound]" in proc.stderr
+    assert not refused.exists() or not any(p.name.isdigit() for p in refused.iterdir())
+
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run(
+        [*cmd, "plugins=[mybound]", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _trials(sweep_dir)
+    temperatures = [t["cfg"].objective.temperature for t in trials]
+    assert len(trials) == 2 and len(set(temperatures)) == 2  # proposed by Optuna, not 0.5
+    assert all(0 <= t <= 1 and t != 0.5 for t in temperatures)
+    assert all(t["metrics"]["objective"] == "tempered" for t in trials)
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    best = min(trials, key=lambda t: -t["metrics"]["val/bound"])
+    assert results.best_params["objective.temperature"] == best["cfg"].objective.temperature

@@ -244,7 +244,8 @@ def is_eval_command(argv: list[str]) -> bool:
 def run_dir_is_new(argv: list[str]) -> bool:
     """Whether a single run's directory does not exist before this process: only then may a
     refused run remove it. Hydra's default directory is named after the clock (a new one
-    each second); a sweep's job directories are never removed."""
+    each second). A sweep's job directories are Hydra's, made for their job: `run_job`
+    decides for them."""
     if "-m" in argv or "--multirun" in argv:
         return False
     given = None

@@ -49,6 +49,7 @@ def run_job(cfg: DictConfig, new_run_dir: bool) -> dict[str, Any]:
     Hydra's output directory under its lock; return the metrics. A run refused with a
     `UserError` in a directory it created leaves no directory behind."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from iwae.launch.plugins import trust_run  # (no torch: an untrusted module is said first)
 
@@ -66,6 +67,9 @@ def run_job(cfg: DictConfig, new_run_dir: bool) -> dict[str, Any]:
             run = evaluate_checkpoint if cfg.get("mode") == "eval" else train
             return run(cfg, output_dir)
         except UserError:
-            if new_run_dir:  # refused before any result: leave no run directory behind
+            # refused before any result: leave no run directory behind. A sweep's job
+            # directory is the sweep's own (Hydra made it for this job); it goes only if it
+            # holds nothing but what Hydra and the lock wrote, as a new run's does.
+            if new_run_dir or HydraConfig.get().mode == RunMode.MULTIRUN:
                 remove_refused_run_dir(output_dir, HydraConfig.get().job.name)
             raise
