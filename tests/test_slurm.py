@@ -18,6 +18,7 @@ import pytest
 
 from iwae.training.checkpointing import load_checkpoint
 from tests.helpers import (
+    ROOT,
     TINY,
     TRAIN,
     WANDB_GROUP,
@@ -100,6 +101,22 @@ def test_two_run_sweep_through_submitit(cluster: LocalSlurmCluster, tmp_path: Pa
         assert "torch threads: 1" in (d / "train.log").read_text()
     assert list(sweep.glob(".submitit/*/*_submission.sh")) or list(sweep.glob(".submitit/*.sh"))
     check_report(sweep, 2)  # the full report, checkpoint figures included
+
+
+def test_a_plugin_bound_trains_in_a_slurm_job(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
+    """The trust of ``plugins=`` travels to the job (in its config), the module's folder in
+    the environment: the researcher's bound trains on the cluster as on the laptop."""
+    example = ROOT / "examples" / "tempered_bound"
+    sweep = tmp_path / "multirun" / "plugin"
+    args = ["-m", *SLURM, "objective=tempered", "objective.temperature=0.25", "plugins=[mybound]"]
+    args += [f"hydra.searchpath=[file://{example / 'conf'}]", f"hydra.sweep.dir={sweep}", *TINY]
+    env = _env(cluster, tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(example), env.get("PYTHONPATH")) if p)
+    run_train(args, tmp_path, timeout=900, env=env)
+    (run,) = run_dirs(sweep)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["objective"] == "tempered" and metrics["train/steps"] == 10
+    assert "torch threads: 1" in (run / "train.log").read_text()  # it ran as a SLURM task
 
 
 def test_ddp_run_as_a_two_task_job(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
