@@ -9,10 +9,11 @@ records the output of every module that has parameters of its own (linear, convo
 normalisation layers): the values per draw of each. The checks take the larger of this and
 the linear-layer rule, so the project's MLPs are sized as before.
 
-The pass draws its noise from a generator of its own (``log_weights``' ``generator``) and
-leaves torch's global random state as it was: a run's random stream is the same with or
-without it. A model on the ``meta`` device (how `train.py` checks a model before building
-it) gives the shapes without computing anything.
+The pass draws its noise from a generator of its own (``log_weights``' ``generator``), leaves
+torch's global random state as it was, and runs in eval mode (restored after), so that neither a
+run's random stream nor the model (batch-norm statistics) is changed by it. A model on the
+``meta`` device (how `train.py` checks a model before building it) gives the shapes without
+computing anything.
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ def _run_once(model: nn.Module, widths: list[int]) -> list[int]:
     x = torch.zeros(1, input_dim, device=device, dtype=parameter.dtype)
     generator = None if device.type == "meta" else torch.Generator(device).manual_seed(0)
     forked = [device] if device.type == "cuda" else []
+    training = model.training
+    model.eval()  # nothing may change: batch-norm statistics, for one, move in training mode
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=forked):
             model.log_weights(x, DRAWS, generator=generator)
     except Exception:  # noqa: BLE001 (any failure: fall back to the linear layers)
         return []
+    finally:
+        model.train(training)
     return widths

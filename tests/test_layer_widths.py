@@ -52,6 +52,29 @@ def test_the_measurement_leaves_the_random_stream_as_it_was() -> None:
     assert torch.equal(torch.rand(5), expected)
 
 
+class NormalisedModel(torch.nn.Module):
+    """A model with batch norm, whose statistics move in every training-mode forward pass."""
+
+    input_dim = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.linear = torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 600)
+
+    def log_weights(self, x, k, generator=None, detach_q=False):
+        draws = x.expand(k, *x.shape).reshape(-1, x.shape[-1])
+        return self.linear(self.norm(draws)).sum(-1).view(k, -1)
+
+
+def test_the_measurement_changes_nothing_in_the_model() -> None:
+    model = NormalisedModel()
+    model.norm.running_mean.fill_(0.5)
+    assert model.training and 600 in measured_widths(model)
+    assert model.training  # the mode is restored
+    assert torch.equal(model.norm.running_mean, torch.full((4,), 0.5))
+    assert int(model.norm.num_batches_tracked) == 0
+
+
 def test_the_projects_mlps_are_sized_by_their_linear_layers_as_before() -> None:
     model = IWAEModel(784, [100, 50], [[200, 200], [100, 100]])
     linear = sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
