@@ -81,3 +81,15 @@ def test_training_maps_them(tmp_path, monkeypatch) -> None:
     tiny = ["logger=none", "data.split=[100,20,20]", "schedule.epochs=1", "eval.enabled=false"]
     train(compose_config(tiny, tmp_path), tmp_path)
     assert calls == ["mapped"]
+
+
+def test_every_saved_run_loader_maps_them(tmp_path, monkeypatch) -> None:
+    """`load_run`, the one loader of saved runs (mode=eval, every report tool, iwae.load)."""
+    from iwae.launch import assembly
+
+    tiny = ["logger=none", "data.split=[100,20,20]", "schedule.epochs=1", "eval.enabled=false"]
+    train(compose_config(tiny, tmp_path), tmp_path)
+    calls: list[str] = []
+    monkeypatch.setattr(assembly, "populate_kernel_constants", lambda: calls.append("mapped"))
+    assembly.load_run(tmp_path / "checkpoints" / "last.ckpt")
+    assert calls == ["mapped"]

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from iwae import contract
 from iwae.errors import UserError
 from iwae.launch.allowlist import ALLOWED_TARGETS, rebuild_config
+from iwae.launch.cpu_pages import populate_kernel_constants
 from iwae.launch.plugins import trust
 from iwae.launch.resolvers import parallel_sweep_job, running_hydra
 from iwae.training.checkpointing import (
@@ -249,6 +250,7 @@ def load_run(
     else:
         datamodule = build_data(config, checkpoint, str(ckpt_path), data_path, data_root)
     datamodule.setup("test")
+    populate_kernel_constants()  # every report tool evaluates what it loads: at full speed
     model = build(config.model, input_dim=datamodule.input_dim)
     try:
         contract.check_model(model, tools)  # (the sample grid's warning is mode=eval's)
