@@ -154,14 +154,12 @@ def _run_settings(config: DictConfig) -> Iterator[None]:
     """torch's threads and subnormal flushing as the run had them (as ``mode=eval`` sets
     them); the thread count restored on exit. Flushing stays as the run's: torch cannot say
     what it was before."""
-    from iwae.launch.cpu_pages import populate_kernel_constants
     from iwae.launch.device import set_flush_denormal
 
     threads = torch.get_num_threads()
     if config.get("threads"):
         torch.set_num_threads(int(config.threads))
     set_flush_denormal(bool(config.get("flush_denormal", False)))
-    populate_kernel_constants()
     try:
         yield
     finally:

@@ -42,7 +42,8 @@ def measured_widths(model: nn.Module) -> tuple[int, ...]:
     owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
     handles = [m.register_forward_hook(record) for m in owners]
     try:
-        widths = _run_once(model, widths)
+        if not _ran_once(model):
+            widths = []
     finally:
         for handle in handles:
             handle.remove()
@@ -50,11 +51,12 @@ def measured_widths(model: nn.Module) -> tuple[int, ...]:
     return _measured[model]
 
 
-def _run_once(model: nn.Module, widths: list[int]) -> list[int]:
+def _ran_once(model: nn.Module) -> bool:
+    """One no-grad ``log_weights`` pass on a blank image; whether it ran."""
     input_dim = getattr(model, "input_dim", None)
     parameter = next(model.parameters(), None)
     if not isinstance(input_dim, int) or parameter is None or not hasattr(model, "log_weights"):
-        return []
+        return False
     device = parameter.device
     x = torch.zeros(1, input_dim, device=device, dtype=parameter.dtype)
     generator = None if device.type == "meta" else torch.Generator(device).manual_seed(0)
@@ -65,7 +67,7 @@ def _run_once(model: nn.Module, widths: list[int]) -> list[int]:
         with torch.no_grad(), torch.random.fork_rng(devices=forked):
             model.log_weights(x, DRAWS, generator=generator)
     except Exception:  # noqa: BLE001 (any failure: fall back to the linear layers)
-        return []
+        return False
     finally:
         model.train(training)
-    return widths
+    return True

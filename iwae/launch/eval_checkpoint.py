@@ -34,7 +34,6 @@ from iwae.errors import UserError
 from iwae.evaluation import evaluate
 from iwae.launch.assembly import build, hydra_choice, load_run, run_summary
 from iwae.launch.config_check import check_eval_values, check_top_level
-from iwae.launch.cpu_pages import populate_kernel_constants
 from iwae.launch.device import eval_device, set_flush_denormal, set_torch_threads
 from iwae.launch.memory_check import check_eval_memory
 from iwae.launch.resolvers import running_hydra
@@ -108,7 +107,6 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     # `threads`, which reproduces its test/nll to the last digit.
     set_torch_threads(cfg.get("threads") or run.config.get("threads"))
     set_flush_denormal(run.config.get("flush_denormal", False))  # the run's own, as threads
-    populate_kernel_constants()
     images = min(run.datamodule.eval_batch_size, len(run.datamodule.splits.test))
     check_eval_memory(
         run.model, cfg.eval, images, ("gpu" if device.type == "cuda" else "cpu", "auto")
